@@ -1,0 +1,363 @@
+"""The in-process recorder: counters, the outstanding-op table, live buffers and the event ring.
+
+Why it looks the way it does
+----------------------------
+The backend calls these methods on the loop thread, once per op transition, on the hottest
+path the program has.  So each call is: a few plain-int increments, at most one dict
+insert/pop, one ``time.monotonic()`` read and one ``deque.append`` of a tuple.  No closures,
+no per-op dicts, no ``add_done_callback`` round trips.  An op that finishes inside its
+submission call (most ops on the selector-emulated backend) is a single ``op_inline`` call
+and never touches the outstanding table.
+
+Every method swallows its own exceptions: instrumentation must never raise into the program.
+Errors are counted (``instrumentation_errors``) and the last one kept for the snapshot.
+
+Threads: only the loop thread writes.  Other threads (the telemetry collector, a GUI) read
+the int counters (atomic under the GIL), copy the dicts (``list(d.values())`` is one C call
+and so atomic under the GIL) and pop the ring with ``drain()``: a single consumer.  The ring
+is a bounded ``deque``; when nobody drains it the oldest events fall off, and the next
+``drain()`` counts them from the gap in sequence numbers.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from typing import Optional
+
+from .events import (
+    EV_BUF_PIN, EV_BUF_RELEASE, EV_DISCARD, EV_OP_CANCEL, EV_OP_END, EV_OP_INLINE,
+    EV_OP_SUBMIT, FLAG_CANCEL_REQUESTED, FLAG_DISCARDED, FLAG_DRAINED_AT_CLOSE,
+    FLAG_LATE_COMPLETION, OUTCOME_CANCELLED, OUTCOME_COMPLETED, OUTCOME_FAILED,
+    RECEIVE_KINDS, SEND_KINDS, kind_name,
+)
+from .snapshot import BufferInfo, OpInfo, Snapshot
+
+_monotonic = time.monotonic
+
+# 0: no byte accounting, 1: received from the OS, 2: sent to the OS; indexed by kind
+_DIRECTION = tuple(1 if k in RECEIVE_KINDS else 2 if k in SEND_KINDS else 0 for k in range(32))
+
+
+class OpRecord:
+    """One pending op.  Owned by the backend between ``op_start`` and ``op_end``."""
+
+    __slots__ = ("op_id", "kind", "fd", "requested", "submit_t", "cancel_t",
+                 "buffer_id", "buffer_size", "peer")
+
+    def __init__(self, op_id: int, kind: int, fd: int, requested: int, submit_t: float) -> None:
+        self.op_id = op_id
+        self.kind = kind
+        self.fd = fd
+        self.requested = requested
+        self.submit_t = submit_t
+        self.cancel_t = 0.0        # 0.0: no cancel requested
+        self.buffer_id = 0         # 0: holds no buffer
+        self.buffer_size = 0
+        self.peer: Optional[str] = None
+
+
+class BufferRecord:
+    """A buffer the backend allocated or pinned on behalf of an op."""
+
+    __slots__ = ("buf_id", "op_id", "kind", "size", "pin_t", "op_end_t")
+
+    def __init__(self, buf_id: int, op_id: int, kind: int, size: int, pin_t: float) -> None:
+        self.buf_id = buf_id
+        self.op_id = op_id
+        self.kind = kind
+        self.size = size
+        self.pin_t = pin_t
+        self.op_end_t = 0.0        # set when the owning op ends while the buffer is still held
+
+
+class Monitor:
+    """Records every op and buffer of one event loop.  See the module docstring."""
+
+    def __init__(self, *, ring_capacity: int = 1 << 16, backend: str = "unknown") -> None:
+        self.backend = backend
+        self.created_wall = time.time()
+        self.created_t = _monotonic()
+        self.closed = False
+        self._ring: deque = deque(maxlen=ring_capacity)
+        self.ring_capacity = ring_capacity
+        self._seq = itertools.count()
+        self._op_ids = itertools.count(1)
+        self._buf_ids = itertools.count(1)
+        self._outstanding: dict[int, OpRecord] = {}
+        self._buffers: dict[int, BufferRecord] = {}
+        # counters: plain ints, written only on the loop thread
+        self.ops_submitted = 0
+        self.ops_completed = 0
+        self.ops_cancelled = 0
+        self.ops_failed = 0
+        self.ops_inline = 0
+        self.cancel_requests = 0
+        self.late_completions = 0
+        self.bytes_received = 0
+        self.bytes_delivered = 0
+        self.bytes_discarded = 0
+        self.bytes_sent = 0
+        self.buffer_bytes_live = 0
+        self.buffers_pinned = 0
+        self.loop_lag = 0.0
+        self.loop_lag_max = 0.0
+        self._lag_samples: deque = deque(maxlen=4096)   # (t, lag) for detectors
+        self.instrumentation_errors = 0
+        self.last_instrumentation_error = ""
+        # consumer side (drain)
+        self._next_seq = 0
+        self.events_dropped = 0
+        # alerts raised by detectors (loopmon.detectors); bounded
+        self.alerts: deque = deque(maxlen=1000)
+
+    # ------------------------------------------------------------------ hot path (loop thread)
+    def op_inline(self, kind: int, fd: int, requested: int, nbytes: int) -> None:
+        """An op submitted and completed successfully within the same call."""
+        try:
+            self.ops_submitted += 1
+            self.ops_completed += 1
+            self.ops_inline += 1
+            d = _DIRECTION[kind]
+            if d == 1:
+                self.bytes_received += nbytes
+            elif d == 2:
+                self.bytes_sent += nbytes
+            self._ring.append((next(self._seq), EV_OP_INLINE, _monotonic(), next(self._op_ids),
+                               kind, fd, requested, OUTCOME_COMPLETED, nbytes, ""))
+        except Exception as exc:  # pragma: no cover - defensive
+            self._note_error(exc)
+
+    def op_failed_inline(self, kind: int, fd: int, requested: int, exc: BaseException) -> None:
+        """An op that failed inside its submission call (no buffer involved)."""
+        try:
+            self.ops_submitted += 1
+            self.ops_failed += 1
+            self.ops_inline += 1
+            self._ring.append((next(self._seq), EV_OP_INLINE, _monotonic(), next(self._op_ids),
+                               kind, fd, requested, OUTCOME_FAILED, 0, type(exc).__name__))
+        except Exception as err:  # pragma: no cover - defensive
+            self._note_error(err)
+
+    def op_start(self, kind: int, fd: int, requested: int) -> Optional[OpRecord]:
+        """An op goes pending.  Returns the record to hand back to ``op_end`` (None on error)."""
+        try:
+            t = _monotonic()
+            op_id = next(self._op_ids)
+            rec = OpRecord(op_id, kind, fd, requested, t)
+            self._outstanding[op_id] = rec
+            self.ops_submitted += 1
+            self._ring.append((next(self._seq), EV_OP_SUBMIT, t, op_id, kind, fd, requested))
+            return rec
+        except Exception as exc:  # pragma: no cover - defensive
+            self._note_error(exc)
+            return None
+
+    def op_cancel(self, rec: Optional[OpRecord]) -> None:
+        """Somebody requested cancellation of a pending op (the op stays in flight)."""
+        if rec is None or rec.cancel_t:
+            return
+        try:
+            t = _monotonic()
+            rec.cancel_t = t
+            self.cancel_requests += 1
+            self._ring.append((next(self._seq), EV_OP_CANCEL, t, rec.op_id))
+        except Exception as exc:  # pragma: no cover - defensive
+            self._note_error(exc)
+
+    def op_end(self, rec: Optional[OpRecord], outcome: int, nbytes: int = 0,
+               error: str = "", flags: int = 0, keep_buffer: bool = False) -> None:
+        """A pending op ended.  ``nbytes`` is what the OS transferred, delivered or not.
+
+        Releases the op's buffer unless ``keep_buffer`` (which only a buffer-leak fault asks).
+        A completion that carries bytes after its cancel was requested, and whose result is
+        discarded, must come with ``FLAG_DISCARDED``: those bytes count as lost.
+        """
+        if rec is None:
+            return
+        try:
+            t = _monotonic()
+            if self._outstanding.pop(rec.op_id, None) is None:
+                return  # ended twice, or drained at close already
+            if rec.cancel_t:
+                flags |= FLAG_CANCEL_REQUESTED
+                if outcome == OUTCOME_COMPLETED:
+                    flags |= FLAG_LATE_COMPLETION
+                    self.late_completions += 1
+            if outcome == OUTCOME_COMPLETED:
+                self.ops_completed += 1
+            elif outcome == OUTCOME_CANCELLED:
+                self.ops_cancelled += 1
+            else:
+                self.ops_failed += 1
+            if nbytes:
+                d = _DIRECTION[rec.kind]
+                if d == 1:
+                    self.bytes_received += nbytes
+                elif d == 2:
+                    self.bytes_sent += nbytes
+            self._ring.append((next(self._seq), EV_OP_END, t, rec.op_id, outcome, nbytes, error, flags))
+            if flags & FLAG_DISCARDED and nbytes:
+                self.bytes_discarded += nbytes
+                self._ring.append((next(self._seq), EV_DISCARD, t, rec.op_id, nbytes))
+            if rec.buffer_id:
+                if keep_buffer:
+                    buf = self._buffers.get(rec.buffer_id)
+                    if buf is not None:
+                        buf.op_end_t = t
+                else:
+                    self._release(rec.buffer_id, t)
+                    rec.buffer_id = 0
+        except Exception as exc:  # pragma: no cover - defensive
+            self._note_error(exc)
+
+    def buffer_pin(self, rec: Optional[OpRecord], size: int) -> None:
+        """The backend allocated or pinned ``size`` bytes for the pending op ``rec``."""
+        if rec is None:
+            return
+        try:
+            t = _monotonic()
+            buf_id = next(self._buf_ids)
+            self._buffers[buf_id] = BufferRecord(buf_id, rec.op_id, rec.kind, size, t)
+            rec.buffer_id = buf_id
+            rec.buffer_size = size
+            self.buffer_bytes_live += size
+            self.buffers_pinned += 1
+            self._ring.append((next(self._seq), EV_BUF_PIN, t, buf_id, rec.op_id, size))
+        except Exception as exc:  # pragma: no cover - defensive
+            self._note_error(exc)
+
+    def buffer_release(self, rec: Optional[OpRecord]) -> None:
+        """The backend let go of the buffer of ``rec`` before the op ended."""
+        if rec is None or not rec.buffer_id:
+            return
+        try:
+            self._release(rec.buffer_id, _monotonic())
+            rec.buffer_id = 0
+        except Exception as exc:  # pragma: no cover - defensive
+            self._note_error(exc)
+
+    def delivered(self, nbytes: int) -> None:
+        """``nbytes`` received bytes were handed to a protocol or returned to a caller."""
+        try:
+            self.bytes_delivered += nbytes
+        except Exception as exc:  # pragma: no cover - defensive
+            self._note_error(exc)
+
+    def discarded(self, nbytes: int, op_id: int = 0) -> None:
+        """Received bytes that will never be delivered, outside of an ``op_end``."""
+        try:
+            self.bytes_discarded += nbytes
+            self._ring.append((next(self._seq), EV_DISCARD, _monotonic(), op_id, nbytes))
+        except Exception as exc:  # pragma: no cover - defensive
+            self._note_error(exc)
+
+    def record_lag(self, lag: float) -> None:
+        """Delay of the loop's periodic lag timer, in seconds."""
+        try:
+            if lag < 0.0:
+                lag = 0.0
+            self.loop_lag = lag
+            if lag > self.loop_lag_max:
+                self.loop_lag_max = lag
+            self._lag_samples.append((_monotonic(), lag))
+        except Exception as exc:  # pragma: no cover - defensive
+            self._note_error(exc)
+
+    # ------------------------------------------------------------------ lifecycle
+    def drain_at_close(self) -> None:
+        """The backend closed: end every op still in flight and release every buffer.
+
+        Called by the backend after it has cancelled and forgotten its own futures, so the
+        monitor stays readable after ``loop.close()`` and shows nothing outstanding.
+        """
+        try:
+            for rec in list(self._outstanding.values()):
+                self.op_end(rec, OUTCOME_CANCELLED, 0, "", FLAG_DRAINED_AT_CLOSE)
+            t = _monotonic()
+            for buf_id in list(self._buffers):
+                self._release(buf_id, t)
+        except Exception as exc:  # pragma: no cover - defensive
+            self._note_error(exc)
+        self.closed = True
+
+    # ------------------------------------------------------------------ readers (any thread)
+    def drain(self, max_items: int = 1 << 30) -> list[tuple]:
+        """Pop up to ``max_items`` events.  Single consumer (the telemetry collector).
+
+        Events lost to ring overflow are added to ``events_dropped``.
+        """
+        out: list[tuple] = []
+        popleft = self._ring.popleft
+        try:
+            for _ in range(max_items):
+                out.append(popleft())
+        except IndexError:
+            pass
+        if out:
+            first, last = out[0][0], out[-1][0]
+            gap = (first - self._next_seq) + (last - first + 1 - len(out))
+            if gap > 0:
+                self.events_dropped += gap
+            self._next_seq = last + 1
+        return out
+
+    def snapshot(self) -> Snapshot:
+        """Counters as of now.  Safe to call from any thread, and after ``loop.close()``."""
+        now = _monotonic()
+        ops = list(self._outstanding.values())
+        by_kind: dict[str, int] = {}
+        for rec in ops:
+            name = kind_name(rec.kind)
+            by_kind[name] = by_kind.get(name, 0) + 1
+        bufs = list(self._buffers.values())
+        return Snapshot(
+            time=now, wall=time.time(), backend=self.backend, closed=self.closed,
+            ops_outstanding=len(ops), ops_outstanding_by_kind=by_kind,
+            ops_submitted=self.ops_submitted, ops_completed=self.ops_completed,
+            ops_cancelled=self.ops_cancelled, ops_failed=self.ops_failed,
+            ops_inline=self.ops_inline, cancel_requests=self.cancel_requests,
+            late_completions=self.late_completions,
+            bytes_received=self.bytes_received, bytes_delivered=self.bytes_delivered,
+            bytes_discarded=self.bytes_discarded, bytes_sent=self.bytes_sent,
+            buffers_live=len(bufs), buffer_bytes_live=sum(b.size for b in bufs),
+            loop_lag=self.loop_lag, loop_lag_max=self.loop_lag_max,
+            events_dropped=self.events_dropped,
+            instrumentation_errors=self.instrumentation_errors,
+            last_instrumentation_error=self.last_instrumentation_error,
+        )
+
+    def outstanding(self) -> list[OpInfo]:
+        """In-flight ops, oldest first, with their ages in seconds."""
+        now = _monotonic()
+        ops = sorted(list(self._outstanding.values()), key=lambda r: r.submit_t)
+        return [OpInfo(op_id=r.op_id, kind=kind_name(r.kind), fd=r.fd, requested=r.requested,
+                       buffer_size=r.buffer_size, age=now - r.submit_t,
+                       cancel_requested=bool(r.cancel_t), peer=r.peer)
+                for r in ops]
+
+    def live_buffers(self) -> list[BufferInfo]:
+        """Buffers currently held, with how long they have been held after their op ended."""
+        now = _monotonic()
+        return [BufferInfo(buf_id=b.buf_id, op_id=b.op_id, kind=kind_name(b.kind), size=b.size,
+                           age=now - b.pin_t,
+                           held_after_op_end=(now - b.op_end_t) if b.op_end_t else 0.0)
+                for b in list(self._buffers.values())]
+
+    def lag_samples(self, since: float = 0.0) -> list[tuple[float, float]]:
+        """``(monotonic time, lag seconds)`` samples newer than ``since``."""
+        return [s for s in list(self._lag_samples) if s[0] > since]
+
+    # ------------------------------------------------------------------ internals
+    def _release(self, buf_id: int, t: float) -> None:
+        buf = self._buffers.pop(buf_id, None)
+        if buf is not None:
+            self.buffer_bytes_live -= buf.size
+            self._ring.append((next(self._seq), EV_BUF_RELEASE, t, buf_id))
+
+    def _note_error(self, exc: BaseException) -> None:
+        try:
+            self.instrumentation_errors += 1
+            self.last_instrumentation_error = f"{type(exc).__name__}: {exc}"[:500]
+        except Exception:  # pragma: no cover - nothing left to do
+            pass
