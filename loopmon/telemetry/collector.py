@@ -1,0 +1,336 @@
+"""The collector: one sampling thread per Monitor that drains, detects, samples and fans out.
+
+Mechanism
+---------
+The monitored loop only appends tuples to its Monitor's bounded ring and bumps plain ints.
+Everything else happens here, on a daemon thread that never touches the loop: every
+``sample_period`` (default 50 ms) it
+
+1. drains the ring (``monitor.drain()``, single consumer: this thread is the only one),
+2. feeds the events to the detectors (``observe``) and asks them for alerts (``evaluate``);
+   the detectors package is imported lazily and may be absent or broken -- its errors are
+   counted (``detector_errors``) and never stop sampling,
+3. takes ``monitor.snapshot()`` plus process figures from psutil (RSS, CPU %, threads, fds),
+4. appends the Sample to a bounded history, and
+5. offers ``Alert``, ``OpEvents``, ``Sample`` and (every ``outstanding_every`` ticks)
+   ``Outstanding`` messages to every Subscription.
+
+Subscriptions are bounded queues.  A consumer that falls behind does not grow memory: new
+messages are dropped and counted, and once it catches up it first receives a ``Dropped``
+message saying how many it lost.  The first ``poll()`` returns the connect-time backlog --
+``History`` (recent samples and alerts) and ``Outstanding`` -- so a late attach starts with a
+filled graph.
+
+History is kept in two tiers so several minutes stay cheap: the last ``recent_seconds`` at
+full rate, and older samples (every ``decimate``-th) up to ``history_seconds``.
+
+Traps
+-----
+* One Collector per Monitor (``for_monitor``): two drainers would split the event stream
+  between them.  The registry is weak, so a dead loop's monitor can be collected once its
+  collector thread has finished.
+* The thread ends after it has seen ``monitor.closed`` (one final tick first), telling the
+  subscribers with ``Goodbye``.  Subscribing afterwards still works: backlog, then Goodbye.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from typing import Any, Callable, Optional
+
+from ..monitor import Monitor
+from .messages import (PROTOCOL_MAJOR, PROTOCOL_MINOR, Alert, Dropped, Goodbye, Hello, History,
+                       OpEvents, Outstanding, Sample)
+from .wire import OP_EVENTS_PER_FRAME
+
+log = logging.getLogger("loopmon.telemetry")
+
+DEFAULT_SAMPLE_PERIOD = 0.05
+DEFAULT_SUBSCRIPTION_MAXLEN = 2000
+OUTSTANDING_CAP = 1000          # ops per Outstanding message (oldest first)
+
+
+class Subscription:
+    """A bounded queue of messages for one consumer.  ``poll()`` never blocks."""
+
+    def __init__(self, collector: "Collector", hello: Hello, maxlen: int) -> None:
+        self.hello = hello
+        self.maxlen = max(8, maxlen)
+        self._collector = collector
+        self._queue: deque = deque()
+        self._pending_drops = 0          # dropped since the last Dropped message was queued
+        self.dropped_total = 0
+        self.closed = False
+        self._wakeup: Optional[Callable[[], None]] = None
+
+    def set_wakeup(self, callback: Optional[Callable[[], None]]) -> None:
+        """``callback()`` runs on the collector thread after each tick that queued messages."""
+        self._wakeup = callback
+
+    def poll(self, max_items: int = 1 << 30) -> list[Any]:
+        """Queued messages, oldest first (non-blocking; possibly empty)."""
+        out = []
+        q = self._queue
+        try:
+            while q and len(out) < max_items:
+                out.append(q.popleft())
+        except IndexError:  # raced with nothing: single consumer, but be safe
+            pass
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+        self._collector._unsubscribe(self)
+        self._queue.clear()
+
+    # ---------------------------------------------------------------- collector side
+    def _offer(self, msg: Any) -> None:
+        if len(self._queue) >= self.maxlen:
+            self._pending_drops += 1
+            self.dropped_total += 1
+            return
+        if self._pending_drops:
+            self._queue.append(Dropped(self._pending_drops, self.dropped_total))
+            self._pending_drops = 0
+        self._queue.append(msg)
+
+    def _wake(self) -> None:
+        cb = self._wakeup
+        if cb is not None:
+            try:
+                cb()
+            except Exception:  # a consumer whose loop closed: nothing to wake
+                pass
+
+
+def _process_figures(proc: Any) -> tuple[int, float, int, int]:
+    if proc is None:
+        return 0, 0.0, 0, 0
+    try:
+        with proc.oneshot():
+            rss = proc.memory_info().rss
+            cpu = proc.cpu_percent(interval=None)
+            threads = proc.num_threads()
+            fds = proc.num_fds() if hasattr(proc, "num_fds") else proc.num_handles()
+        return rss, cpu, threads, fds
+    except Exception:
+        return 0, 0.0, 0, 0
+
+
+class Collector:
+    """Samples one Monitor on a daemon thread and fans messages out to subscribers."""
+
+    _registry: "weakref.WeakKeyDictionary[Monitor, Collector]" = weakref.WeakKeyDictionary()
+    _registry_lock = threading.Lock()
+
+    @classmethod
+    def for_monitor(cls, monitor: Monitor, **kwargs: Any) -> "Collector":
+        """The one shared Collector of ``monitor`` (created on first use; kwargs apply then)."""
+        with cls._registry_lock:
+            col = cls._registry.get(monitor)
+            if col is None:
+                col = cls(monitor, **kwargs)
+                cls._registry[monitor] = col
+            return col
+
+    def __init__(self, monitor: Monitor, *, sample_period: float = DEFAULT_SAMPLE_PERIOD,
+                 history_seconds: float = 300.0, recent_seconds: float = 60.0,
+                 decimate: int = 10, outstanding_every: float = 0.2,
+                 detectors: Optional[list] = None, argv: Optional[list[str]] = None) -> None:
+        if sample_period <= 0:
+            raise ValueError("sample_period must be positive")
+        self.monitor = monitor
+        self.sample_period = float(sample_period)
+        self.argv = list(sys.argv if argv is None else argv)
+        n_recent = max(1, int(recent_seconds / sample_period))
+        n_older = max(0, int((history_seconds - recent_seconds) / (sample_period * decimate)))
+        self._recent: deque = deque(maxlen=n_recent)
+        self._older: deque = deque(maxlen=max(1, n_older))
+        self._decimate = max(1, decimate)
+        self._aged = 0                       # samples that fell off the recent tier
+        self._outstanding_ticks = max(1, round(outstanding_every / sample_period))
+        self._detectors = detectors          # None: load loopmon.detectors lazily
+        self._detectors_loaded = detectors is not None
+        self.detector_errors = 0
+        self.last_detector_error = ""
+        self.ticks = 0
+        self.tick_errors = 0
+        self.events_forwarded = 0
+        self._subs: list[Subscription] = []
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+        self.finished = False
+        self._finish_reason = ""
+        try:
+            import psutil
+            self._proc = psutil.Process(os.getpid())
+            self._proc.cpu_percent(interval=None)
+        except Exception:
+            self._proc = None
+
+    # ---------------------------------------------------------------- public
+    def hello(self) -> Hello:
+        return Hello(protocol_major=PROTOCOL_MAJOR, protocol_minor=PROTOCOL_MINOR, pid=os.getpid(),
+                     argv=[str(a) for a in self.argv], python=sys.version.split()[0],
+                     backend=str(self.monitor.backend), sample_period=self.sample_period,
+                     started_t=self.monitor.created_t, started_wall=self.monitor.created_wall)
+
+    def start(self) -> "Collector":
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="loopmon-collector",
+                                                daemon=True)
+                self._thread.start()
+        return self
+
+    def stop(self, reason: str = "collector stopped", timeout: float = 2.0) -> None:
+        """Final tick, Goodbye to subscribers, thread ends."""
+        self._stop.set()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout)
+        if t is None:
+            self._finish(reason)
+
+    def subscribe(self, maxlen: int = DEFAULT_SUBSCRIPTION_MAXLEN) -> Subscription:
+        """A new Subscription whose first ``poll()`` returns History + Outstanding."""
+        sub = Subscription(self, self.hello(), maxlen)
+        with self._lock:
+            sub._queue.append(History(samples=self.history(), alerts=self.recent_alerts()))
+            sub._queue.append(self._outstanding_message())
+            if self.finished:
+                sub._queue.append(Goodbye(self._finish_reason))
+            else:
+                self._subs.append(sub)
+        if not self.finished:
+            self.start()
+        return sub
+
+    def history(self) -> list[Sample]:
+        return list(self._older) + list(self._recent)
+
+    def recent_alerts(self, limit: int = 200) -> list[Alert]:
+        alerts = [a for a in list(self.monitor.alerts) if isinstance(a, Alert)]
+        return alerts[-limit:]
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subs)
+
+    # ---------------------------------------------------------------- thread
+    def _unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            try:
+                self._subs.remove(sub)
+            except ValueError:
+                pass
+
+    def _run(self) -> None:
+        next_t = time.monotonic()
+        while True:
+            next_t += self.sample_period
+            delay = next_t - time.monotonic()
+            if delay < 0:                      # fell behind (GIL starvation): don't burst
+                next_t = time.monotonic()
+                delay = 0
+            stopping = self._stop.wait(delay)
+            closed = self.monitor.closed
+            try:
+                self.tick()
+            except Exception as exc:  # pragma: no cover - the thread must survive
+                self.tick_errors += 1
+                log.debug("collector tick failed: %r", exc)
+            if stopping or closed:
+                self._finish("collector stopped" if stopping else "loop closed")
+                return
+
+    def _finish(self, reason: str) -> None:
+        self._finish_reason = reason
+        with self._lock:
+            self.finished = True
+            subs, self._subs = list(self._subs), []
+        for sub in subs:
+            sub._offer(Goodbye(reason))
+            sub._wake()
+
+    def tick(self, now: Optional[float] = None) -> None:
+        """One sampling period (public so tests and benchmarks can drive it by hand)."""
+        mon = self.monitor
+        events = mon.drain()
+        now = time.monotonic() if now is None else now
+        alerts = self._run_detectors(events, now)
+        snap = mon.snapshot()
+        rss, cpu, threads, fds = _process_figures(self._proc)
+        counters = snap.as_dict()
+        counters["detector_errors"] = self.detector_errors
+        sample = Sample(t=snap.time, wall=snap.wall, counters=counters, rss=rss,
+                        cpu_percent=cpu, num_threads=threads, num_fds=fds)
+        self._remember(sample)
+        self.ticks += 1
+        messages: list[Any] = list(alerts)
+        for i in range(0, len(events), OP_EVENTS_PER_FRAME):
+            messages.append(OpEvents(events[i:i + OP_EVENTS_PER_FRAME]))
+        self.events_forwarded += len(events)
+        messages.append(sample)
+        if self.ticks % self._outstanding_ticks == 0:
+            messages.append(self._outstanding_message())
+        with self._lock:
+            subs = list(self._subs)
+        for sub in subs:
+            for msg in messages:
+                sub._offer(msg)
+            sub._wake()
+
+    def _remember(self, sample: Sample) -> None:
+        recent = self._recent
+        if len(recent) == recent.maxlen:
+            old = recent[0]
+            self._aged += 1
+            if self._aged % self._decimate == 0:
+                self._older.append(old)
+        recent.append(sample)
+
+    def _outstanding_message(self) -> Outstanding:
+        try:
+            ops = self.monitor.outstanding()[:OUTSTANDING_CAP]
+            return Outstanding(t=time.monotonic(), ops=[op.as_dict() for op in ops])
+        except Exception:
+            return Outstanding(t=time.monotonic(), ops=[])
+
+    def _run_detectors(self, events: list, now: float) -> list[Alert]:
+        if not self._detectors_loaded:
+            self._detectors_loaded = True
+            try:
+                from .. import detectors as detectors_pkg   # lazily: optional, may be absent
+                self._detectors = list(detectors_pkg.default_detectors())
+            except ImportError:
+                self._detectors = []
+            except Exception as exc:
+                self._note_detector_error(exc)
+                self._detectors = []
+        alerts: list[Alert] = []
+        for det in self._detectors or ():
+            try:
+                det.observe(events)
+                for alert in det.evaluate(self.monitor, now) or ():
+                    if isinstance(alert, Alert):
+                        alerts.append(alert)
+                    else:
+                        raise TypeError(f"detector returned {type(alert).__name__}, not Alert")
+            except Exception as exc:
+                self._note_detector_error(exc)
+        for alert in alerts:
+            self.monitor.alerts.append(alert)
+        return alerts
+
+    def _note_detector_error(self, exc: BaseException) -> None:
+        self.detector_errors += 1
+        self.last_detector_error = f"{type(exc).__name__}: {exc}"[:500]
+        if self.detector_errors <= 3:
+            log.warning("loopmon detector error: %s", self.last_detector_error)

@@ -1,0 +1,126 @@
+"""The Collector, fed by hand from a thread acting as the loop (no event loop needed)."""
+from __future__ import annotations
+
+import threading
+import time
+
+from loopmon.monitor import Monitor
+from loopmon.telemetry.collector import Collector
+from loopmon.telemetry.messages import (Alert, Dropped, Goodbye, Hello, History, OpEvents,
+                                        Outstanding, Sample)
+
+
+def _wait_for(pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _feed(monitor: Monitor, stop: threading.Event) -> None:
+    while not stop.is_set():
+        for _ in range(50):
+            monitor.op_inline(0, 5, 100, 100)
+        time.sleep(0.001)
+
+
+def test_for_monitor_is_shared():
+    m = Monitor()
+    assert Collector.for_monitor(m) is Collector.for_monitor(m)
+    assert Collector.for_monitor(Monitor()) is not Collector.for_monitor(m)
+
+
+def test_backlog_then_live_stream_and_late_attach_sees_history():
+    m = Monitor(backend="selector")
+    col = Collector(m, sample_period=0.01, outstanding_every=0.03)
+    rec = m.op_start(0, 9, 10)            # one op stays outstanding
+    stop = threading.Event()
+    feeder = threading.Thread(target=_feed, args=(m, stop), daemon=True)
+    feeder.start()
+    try:
+        first = col.subscribe()
+        assert isinstance(first.hello, Hello) and first.hello.backend == "selector"
+        got: list = []
+        assert _wait_for(lambda: got.extend(first.poll()) or
+                         sum(isinstance(x, Sample) for x in got) >= 10)
+        assert isinstance(got[0], History) and isinstance(got[1], Outstanding)
+        assert got[1].ops[0]["op_id"] == rec.op_id and got[1].ops[0]["kind"] == "recv"
+        events = [e for x in got if isinstance(x, OpEvents) for e in x.events]
+        assert events and events[0][1] == 2          # the EV_OP_SUBMIT came first
+        late = col.subscribe()
+        backlog = late.poll()
+        assert isinstance(backlog[0], History) and len(backlog[0].samples) >= 10
+        assert backlog[0].samples[-1].counters["ops_outstanding"] == 1
+        assert any(isinstance(x, Outstanding) for x in got[2:])   # periodic Outstanding
+    finally:
+        stop.set()
+        feeder.join()
+    m.drain_at_close()
+    assert _wait_for(lambda: col.finished)
+    tail = first.poll() + late.poll()
+    assert any(isinstance(x, Goodbye) for x in tail)
+    after = col.subscribe().poll()
+    assert isinstance(after[-1], Goodbye)
+
+
+def test_slow_subscriber_gets_drops_counted_and_bounded():
+    m = Monitor()
+    col = Collector(m, sample_period=1.0)            # driven by hand
+    sub = col.subscribe(maxlen=10)
+    with col._lock:
+        col._subs.append(sub) if sub not in col._subs else None
+    for _ in range(100):
+        m.op_inline(4, 5, 10, 10)
+        col.tick()
+    assert len(sub._queue) <= 11
+    assert sub.dropped_total > 0
+    msgs = sub.poll()
+    col.tick()
+    msgs = sub.poll()
+    assert isinstance(msgs[0], Dropped) and msgs[0].total == sub.dropped_total
+    col.stop()
+
+
+class _GoodDetector:
+    def observe(self, events):
+        self.n = len(events)
+
+    def evaluate(self, monitor, now):
+        return [Alert("op-climb", "warning", now, time.time(), "climbing", {"n": self.n})]
+
+
+class _BadDetector:
+    def observe(self, events):
+        raise RuntimeError("boom")
+
+    def evaluate(self, monitor, now):
+        return []
+
+
+def test_detectors_feed_alerts_and_errors_are_counted():
+    m = Monitor()
+    col = Collector(m, sample_period=1.0, detectors=[_BadDetector(), _GoodDetector()])
+    sub = col.subscribe()
+    m.op_inline(0, 5, 1, 1)
+    col.tick()
+    msgs = sub.poll()
+    alerts = [x for x in msgs if isinstance(x, Alert)]
+    assert alerts and alerts[0].evidence == {"n": 1}
+    assert col.detector_errors == 1 and "boom" in col.last_detector_error
+    assert list(m.alerts) == alerts
+    sample = [x for x in msgs if isinstance(x, Sample)][-1]
+    assert sample.counters["detector_errors"] == 1 and sample.rss > 0
+    assert col.subscribe().poll()[0].alerts == alerts          # alerts in the backlog
+    col.stop()
+
+
+def test_history_is_bounded_in_two_tiers():
+    m = Monitor()
+    col = Collector(m, sample_period=0.05, history_seconds=10, recent_seconds=1, decimate=10)
+    for _ in range(2000):
+        col.tick()
+    hist = col.history()
+    assert len(hist) == 20 + 18
+    assert all(a.t <= b.t for a, b in zip(hist, hist[1:]))
