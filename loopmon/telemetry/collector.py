@@ -167,6 +167,7 @@ class Collector:
         self._stop = threading.Event()
         self.finished = False
         self._finish_reason = ""
+        self._stop_reason = "collector stopped"
         try:
             import psutil
             self._proc = psutil.Process(os.getpid())
@@ -191,6 +192,7 @@ class Collector:
 
     def stop(self, reason: str = "collector stopped", timeout: float = 2.0) -> None:
         """Final tick, Goodbye to subscribers, thread ends."""
+        self._stop_reason = reason
         self._stop.set()
         t = self._thread
         if t is not None and t is not threading.current_thread():
@@ -247,7 +249,7 @@ class Collector:
                 self.tick_errors += 1
                 log.debug("collector tick failed: %r", exc)
             if stopping or closed:
-                self._finish("collector stopped" if stopping else "loop closed")
+                self._finish(self._stop_reason if stopping else "loop closed")
                 return
 
     def _finish(self, reason: str) -> None:

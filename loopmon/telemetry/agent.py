@@ -1,0 +1,409 @@
+"""The agent: the telemetry server inside the monitored process.
+
+Mechanism
+---------
+The agent runs on its own daemon thread with its **own plain asyncio selector loop** -- never
+the monitored loop, and never a loop made by whatever event-loop policy the program installed
+(``loopmon run`` installs loopmon's; the agent must not monitor itself).  It listens on a Unix
+socket in the per-user runtime dir (see ``discovery``) and, if asked, on a loopback TCP
+address, and writes the discovery file.
+
+A connection goes: both sides send the 6-byte stream header; the client sends ``ClientHello``
+with the token; a wrong token gets an ``ErrorFrame``, a log line and a close.  Otherwise the
+agent sends ``Hello``, then the Subscription's backlog (``History``, ``Outstanding``) and then
+the live stream.  Each session is one coroutine that waits for its Subscription's wakeup,
+polls, encodes and writes, awaiting ``drain()`` -- so a client that stops reading stalls only
+its own coroutine: its bounded Subscription drops (and counts) messages meanwhile, and the
+transport's buffer is capped by the stream's high-water mark.  Nothing a client does can
+block the program: the program's thread never waits on the agent.
+
+Frames are encoded once per message, not once per client (a small cache keyed by the
+message object, which every Subscription of a Collector shares).
+
+Which loop?  The agent follows the most recently attached Monitor (``attach``): ``loopmon
+run`` attaches every instrumented loop its policy creates, so a program that calls
+``asyncio.run()`` twice is followed from one loop to the next (counters restart at zero).
+A collector's own "loop closed" Goodbye is therefore not forwarded; clients get ``Goodbye``
+when the agent closes (program exit), then end of stream.
+
+Traps
+-----
+* A garbage or hostile client: every read is bounded (``FrameDecoder`` limits), the
+  handshake has a timeout, and any ``ProtocolError`` drops that one connection.
+* Clean-up at exit removes the socket and the discovery file; a SIGKILLed process leaves
+  them, and ``discovery.list_processes()`` prunes them later.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Optional
+
+from ..monitor import Monitor
+from . import discovery, wire
+from .collector import DEFAULT_SAMPLE_PERIOD, Collector, Subscription
+from .messages import Goodbye
+
+log = logging.getLogger("loopmon.agent")
+
+HANDSHAKE_TIMEOUT = 5.0
+WRITE_HIGH_WATER = 1 << 20
+
+
+def parse_listen(addr: str, *, listen_any: bool = False) -> tuple[str, int]:
+    """``127.0.0.1:PORT`` / ``[::1]:PORT`` / ``localhost:PORT`` -> (host, port).
+
+    Non-loopback addresses raise ValueError unless ``listen_any``.
+    """
+    addr = addr.strip()
+    if addr.startswith("["):
+        host, sep, rest = addr[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"bad listen address {addr!r}: expected [IPv6]:PORT")
+        port_s = rest[1:]
+    else:
+        host, sep, port_s = addr.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"bad listen address {addr!r}: expected HOST:PORT")
+    try:
+        port = int(port_s)
+        if not 0 <= port <= 65535:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"bad port in listen address {addr!r}") from None
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if not listen_any:
+            raise ValueError(f"listen address {addr!r} is not a loopback IP; use 127.0.0.1 or "
+                             f"[::1], or pass --listen-any to expose the agent") from None
+        return host, port
+    if not ip.is_loopback and not listen_any:
+        raise ValueError(f"refusing to listen on non-loopback address {host}: the telemetry "
+                         f"stream would be reachable from the network; pass --listen-any "
+                         f"if you really mean it")
+    return host, port
+
+
+def format_tcp_endpoint(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Agent:
+    """Serves the telemetry of the attached Monitor to any number of clients."""
+
+    def __init__(self, *, listen: Optional[str] = None, listen_any: bool = False,
+                 unix: bool = True, token: Optional[str] = None,
+                 sample_period: float = DEFAULT_SAMPLE_PERIOD, record: Optional[str] = None,
+                 record_max_bytes: Optional[int] = None, argv: Optional[list[str]] = None,
+                 discovery_file: bool = True) -> None:
+        self.token = token or secrets.token_hex(16)
+        self.sample_period = sample_period
+        self.argv = list(sys.argv if argv is None else argv)
+        self._tcp_addr = parse_listen(listen, listen_any=listen_any) if listen else None
+        self._want_unix = unix
+        self._want_discovery = discovery_file
+        self._record_path = record
+        self._record_max = record_max_bytes
+        self.unix_path: Optional[str] = None
+        self.tcp_endpoint: Optional[str] = None
+        self.collector: Optional[Collector] = None
+        self.started_wall = time.time()
+        self.rejected = 0                       # bad tokens, bad versions, garbage
+        self.sessions = 0
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._thread: Optional[threading.Thread] = None
+        self._servers: list[asyncio.base_events.Server] = []
+        self._session_tasks: set[asyncio.Task] = set()
+        self._changed: Optional[asyncio.Condition] = None
+        self._enc_cache: OrderedDict = OrderedDict()
+        self._closing = False
+        self._close_reason = ""
+        self._closed = False
+        self._subs: set[Subscription] = set()
+        self._discovery_written = False
+        self._recorder: Any = None
+
+    # ---------------------------------------------------------------- public
+    @property
+    def endpoint(self) -> str:
+        if self.unix_path:
+            return "unix:" + self.unix_path
+        return self.tcp_endpoint or ""
+
+    def start(self) -> "Agent":
+        """Bind the sockets (errors raise here, synchronously) and start serving."""
+        if self._thread is not None:
+            return self
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        self._loop = asyncio.SelectorEventLoop()       # plain asyncio, whatever the policy
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            try:
+                self._loop.run_until_complete(self._bind())
+            except BaseException as exc:
+                failure.append(exc)
+                ready.set()
+                self._loop.close()
+                return
+            ready.set()
+            try:
+                self._loop.run_forever()
+            finally:
+                self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+                self._loop.close()
+
+        self._thread = threading.Thread(target=run, name="loopmon-agent", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            self._thread = None
+            raise failure[0]
+        if self._record_path:
+            from .recording import RecordingWriter
+            self._recorder = RecordingWriter(self._record_path, max_bytes=self._record_max)
+        return self
+
+    def attach(self, monitor: Monitor) -> Collector:
+        """Serve ``monitor`` from now on (thread-safe; call from any thread)."""
+        col = Collector.for_monitor(monitor, sample_period=self.sample_period, argv=self.argv)
+        col.start()
+        self.collector = col
+        if self._want_discovery and self._thread is not None:
+            try:
+                self._write_discovery(str(monitor.backend))
+            except Exception as exc:
+                log.warning("loopmon: cannot write the discovery file: %s", exc)
+        if self._loop is not None and not self._closing:
+            try:
+                self._loop.call_soon_threadsafe(self._notify_changed)
+            except RuntimeError:
+                pass
+        return col
+
+    def close(self, reason: str = "program exited", timeout: float = 2.0) -> None:
+        """Flush, say Goodbye to every client, stop serving and remove socket + discovery file."""
+        if self._closed:
+            return
+        self._closed = True
+        self._close_reason = reason
+        self._closing = True           # before the collector's Goodbye reaches the sessions
+        col = self.collector
+        if col is not None:
+            col.stop(reason)
+        if self._loop is not None and self._thread is not None:
+            fut = asyncio.run_coroutine_threadsafe(self._shutdown(reason), self._loop)
+            try:
+                fut.result(timeout)
+            except Exception as exc:
+                log.debug("agent shutdown: %r", exc)
+            try:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+            except RuntimeError:
+                pass
+            self._thread.join(timeout)
+        self._cleanup_files()
+
+    # ---------------------------------------------------------------- internals
+    def _write_discovery(self, backend: str) -> None:
+        entry = discovery.ProcessEntry(
+            pid=os.getpid(), command=" ".join(self.argv), backend=backend,
+            endpoint=self.endpoint, started_wall=self.started_wall, token=self.token,
+            argv=self.argv, python=sys.version.split()[0],
+            extra_endpoints=[self.tcp_endpoint] if self.unix_path and self.tcp_endpoint else [])
+        discovery.write_entry(entry)
+        self._discovery_written = True
+
+    def _cleanup_files(self) -> None:
+        if self._discovery_written:
+            try:
+                os.unlink(discovery.entry_path(os.getpid()))
+            except OSError:
+                pass
+        if self.unix_path:
+            try:
+                os.unlink(self.unix_path)
+            except OSError:
+                pass
+
+    async def _bind(self) -> None:
+        self._changed = asyncio.Condition()
+        if self._want_unix and hasattr(socket, "AF_UNIX"):
+            directory = discovery.runtime_dir(create=True)
+            path = str(directory / f"{os.getpid()}.sock")
+            try:
+                os.unlink(path)                       # a stale socket of a reused pid
+            except OSError:
+                pass
+            old_umask = os.umask(0o177)               # the socket is born 0600
+            try:
+                server = await asyncio.start_unix_server(self._serve, path=path)
+            finally:
+                os.umask(old_umask)
+            os.chmod(path, 0o600)
+            self._servers.append(server)
+            self.unix_path = path
+        if self._tcp_addr is not None:
+            host, port = self._tcp_addr
+            server = await asyncio.start_server(self._serve, host=host, port=port)
+            self._servers.append(server)
+            sockname = server.sockets[0].getsockname()
+            self.tcp_endpoint = format_tcp_endpoint(sockname[0], sockname[1])
+        if not self._servers:
+            raise OSError("loopmon agent: no endpoint to serve (no Unix sockets and no --listen)")
+
+    def _notify_changed(self) -> None:
+        async def notify() -> None:
+            async with self._changed:
+                self._changed.notify_all()
+        self._loop.create_task(notify())
+
+    def _encode(self, msg: Any) -> bytes:
+        key = id(msg)
+        hit = self._enc_cache.get(key)
+        if hit is not None and hit[0] is msg:
+            return hit[1]
+        data = wire.encode_frame(msg)
+        self._enc_cache[key] = (msg, data)
+        if len(self._enc_cache) > 512:
+            self._enc_cache.popitem(last=False)
+        return data
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._session_tasks.add(task)
+        peer = writer.get_extra_info("peername") or "unix"
+        try:
+            await self._session(reader, writer, peer)
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            pass
+        except wire.ProtocolError as exc:
+            self.rejected += 1
+            log.warning("loopmon agent: dropped client %s: %s", peer, exc)
+            await self._refuse(writer, f"protocol error: {exc}")
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # pragma: no cover - a bug; never take the agent down
+            log.exception("loopmon agent: session failed: %r", exc)
+        finally:
+            self._session_tasks.discard(task)
+            writer.transport.abort() if not writer.is_closing() else None
+
+    async def _refuse(self, writer: asyncio.StreamWriter, message: str) -> None:
+        try:
+            writer.write(wire.STREAM_HEADER + wire.encode_frame(wire.ErrorFrame(message)))
+            await asyncio.wait_for(writer.drain(), 1.0)
+            writer.close()
+        except Exception:
+            writer.transport.abort()
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       peer: Any) -> None:
+        async def handshake() -> Any:
+            await wire.read_stream_header(reader)
+            return await wire.read_frame(reader, max_frame=64 << 10)
+
+        hello = await asyncio.wait_for(handshake(), HANDSHAKE_TIMEOUT)
+        if not isinstance(hello, wire.ClientHello):
+            raise wire.ProtocolError(f"expected ClientHello, got {type(hello).__name__}")
+        if not hmac.compare_digest(hello.token.encode("utf-8", "surrogatepass"),
+                                   self.token.encode()):
+            self.rejected += 1
+            log.warning("loopmon agent: rejected client %s: wrong token", peer)
+            await self._refuse(writer, "wrong token: read it from the discovery file "
+                                       "(loopmon ps) or connect by pid")
+            return
+        writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self.sessions += 1
+        while self.collector is None and not self._closing:     # no loop yet: wait for one
+            async with self._changed:
+                await self._changed.wait()
+        if self._closing:
+            return
+        writer.write(wire.STREAM_HEADER)
+        eof = asyncio.ensure_future(self._watch_eof(reader))
+        sub: Optional[Subscription] = None
+        try:
+            sub = self._subscribe()
+            writer.write(self._encode(sub.hello))
+            await self._pump(sub, writer, eof)
+        finally:
+            eof.cancel()
+            if sub is not None:
+                sub.close()
+                self._subs.discard(sub)
+
+    def _subscribe(self) -> Subscription:
+        sub = self.collector.subscribe()
+        wake = asyncio.Event()
+        loop = self._loop
+
+        def wakeup() -> None:
+            loop.call_soon_threadsafe(wake.set)
+        sub.set_wakeup(wakeup)
+        sub.wake_event = wake          # type: ignore[attr-defined]
+        wake.set()                     # the backlog is already queued
+        self._subs.add(sub)
+        return sub
+
+    async def _pump(self, sub: Subscription, writer: asyncio.StreamWriter,
+                    eof: asyncio.Future) -> None:
+        while True:
+            wake = sub.wake_event      # type: ignore[attr-defined]
+            waiter = asyncio.ensure_future(wake.wait())
+            await asyncio.wait({waiter, eof}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if eof.done():
+                return
+            wake.clear()
+            if (not self._closing and self.collector is not None
+                    and sub._collector is not self.collector):
+                sub.close()                              # a new loop: follow it
+                self._subs.discard(sub)
+                sub = self._subscribe()
+                continue
+            for msg in sub.poll():
+                if isinstance(msg, Goodbye):
+                    continue                             # ours is sent below, at close
+                writer.write(self._encode(msg))
+            await writer.drain()
+            if self._closing and sub._collector.finished and not sub._queue:
+                writer.write(self._encode(Goodbye(self._close_reason)))
+                await writer.drain()
+                writer.close()
+                return
+
+    async def _watch_eof(self, reader: asyncio.StreamReader) -> None:
+        while True:                       # the client says nothing after its hello
+            data = await reader.read(65536)
+            if not data:
+                return
+
+    async def _shutdown(self, reason: str) -> None:
+        for server in self._servers:
+            server.close()
+        async with self._changed:
+            self._changed.notify_all()
+        for sub in list(self._subs):
+            sub.wake_event.set()      # type: ignore[attr-defined]
+        tasks = list(self._session_tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=1.0)
+            for t in pending:
+                t.cancel()                # stalled clients: abort
+            if pending:
+                await asyncio.wait(pending, timeout=0.5)
