@@ -1,0 +1,152 @@
+"""lost-data: bytes the OS handed to the loop that nobody will ever deliver (bpo-33694).
+
+The mechanism
+-------------
+On a real overlapped backend a cancel is only a request.  If the receive had already completed in
+the kernel, its completion still arrives, carrying bytes, after the future was cancelled.
+Pre-fix asyncio dropped that result: the bytes vanished (a start_tls test hung on 176 lost
+bytes).  A correct backend either delivers such a late completion or never lets it happen; the
+monitor records the fault's signature as an ``EV_OP_END`` with ``FLAG_DISCARDED`` followed by an
+``EV_DISCARD`` event, and counts the bytes in ``bytes_discarded``.
+
+Two signals
+-----------
+1. **Discards** (certain).  ``bytes_discarded`` grows: received bytes were dropped.  Alerts at
+   once, critical, with the op ids from the ``EV_DISCARD`` events.  The counter is read off the
+   monitor, so a discard is not missed even when its event fell off an overflowing ring.
+2. **An unexplained gap** (a backstop for losses the backend does not flag).
+   ``bytes_received - bytes_delivered - bytes_discarded`` is normally a few in-flight chunks.
+   The trap: a *paused* transport legitimately holds the data of its last read, forever if the
+   program never resumes it, and a program may have many paused transports.  So the gap is
+   allowed ``lost_gap_hold_per_reader`` bytes per fd that ran a receive recently (plus slack),
+   and only a gap that stays above that bound for ``lost_gap_seconds`` — its *minimum* over the
+   window, so normal traffic that dips back never counts — raises a warning.
+Late completions that carried bytes and were *not* discarded are listed as evidence (bytes at
+risk) but are not an alert on their own: a correct backend delivers them.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from ..monitor.events import (
+    EV_DISCARD, EV_OP_END, EV_OP_INLINE, EV_OP_SUBMIT, FLAG_DISCARDED, FLAG_LATE_COMPLETION,
+    RECEIVE_KINDS,
+)
+from ..telemetry.messages import Alert
+from .base import (
+    KIND_LOST_DATA, SEVERITY_CRITICAL, SEVERITY_WARNING, AlertGate, human_bytes, make_alert,
+)
+from .config import DetectorConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..monitor.recorder import Monitor
+
+_MAX_TRACKED_RECV_OPS = 100_000   # pending receive op ids remembered (bounded if events drop)
+
+
+class LostDataDetector:
+    kind = KIND_LOST_DATA
+
+    def __init__(self, config: DetectorConfig) -> None:
+        self.config = config
+        self.gate = AlertGate(config)
+        self.discard_events = 0                 # EV_DISCARD events seen
+        self.discard_event_bytes = 0
+        self.recent_discard_ops: deque = deque(maxlen=config.evidence_ids)
+        self.late_completions_with_bytes = 0    # not discarded: delivered, we hope
+        self.late_completion_bytes = 0
+        self._recv_ops: dict[int, int] = {}     # pending receive op id -> fd
+        self._reader_fds: dict[int, float] = {} # fd -> last time a receive op ran on it
+        self._gap_since = 0.0                   # start of the current run of over-bound samples
+
+    # ------------------------------------------------------------------ events
+    def observe(self, events: list[tuple]) -> None:
+        recv_ops = self._recv_ops
+        readers = self._reader_fds
+        for ev in events:
+            code = ev[1]
+            if code == EV_OP_SUBMIT:
+                if ev[4] in RECEIVE_KINDS:
+                    if len(recv_ops) >= _MAX_TRACKED_RECV_OPS:
+                        recv_ops.clear()   # only evidence is lost, and only if events dropped
+                    recv_ops[ev[3]] = ev[5]
+                    readers[ev[5]] = ev[2]
+            elif code == EV_OP_INLINE:
+                if ev[4] in RECEIVE_KINDS:
+                    readers[ev[5]] = ev[2]
+            elif code == EV_OP_END:
+                fd = recv_ops.pop(ev[3], None)
+                if fd is not None:
+                    readers[fd] = ev[2]
+                    flags = ev[7]
+                    if flags & FLAG_LATE_COMPLETION and ev[5] and not flags & FLAG_DISCARDED:
+                        self.late_completions_with_bytes += 1
+                        self.late_completion_bytes += ev[5]
+            elif code == EV_DISCARD:
+                self.discard_events += 1
+                self.discard_event_bytes += ev[4]
+                self.recent_discard_ops.append(ev[3])
+
+    # ------------------------------------------------------------------ verdict
+    def evaluate(self, monitor: "Monitor", now: float) -> list[Alert]:
+        alerts: list[Alert] = []
+        received = monitor.bytes_received
+        delivered = monitor.bytes_delivered
+        discarded = monitor.bytes_discarded
+        evidence = {
+            "bytes_discarded": discarded,
+            "discard_events": self.discard_events,
+            "op_ids": [op for op in self.recent_discard_ops if op],
+            "bytes_received": received,
+            "bytes_delivered": delivered,
+            "late_completions": monitor.late_completions,
+            "late_completion_bytes_not_discarded": self.late_completion_bytes,
+            "cancel_requests": monitor.cancel_requests,
+        }
+        if discarded > 0:
+            reason = self.gate.check("discard", discarded, now, persistent=False, unit="bytes")
+            if reason is not None:
+                ops = evidence["op_ids"]
+                which = f" by op{'s' if len(ops) > 1 else ''} {_ids(ops)}" if ops else ""
+                alerts.append(make_alert(
+                    KIND_LOST_DATA, SEVERITY_CRITICAL, now,
+                    f"{human_bytes(discarded)} received from the OS were discarded, never "
+                    f"delivered ({self.discard_events} cancelled receive(s) whose data had "
+                    f"already arrived{which})", evidence, reason))
+        gap_alert = self._check_gap(now, received - delivered - discarded, evidence)
+        if gap_alert is not None:
+            alerts.append(gap_alert)
+        return alerts
+
+    def _check_gap(self, now: float, gap: int, evidence: dict):
+        cfg = self.config
+        readers = self._reader_fds
+        horizon = now - cfg.lost_reader_window
+        for fd in [fd for fd, t in readers.items() if t < horizon]:
+            del readers[fd]
+        bound = cfg.lost_gap_hold_per_reader * max(1, len(readers)) + cfg.lost_gap_slack
+        if gap <= bound:
+            self._gap_since = 0.0
+            return None
+        if not self._gap_since:
+            self._gap_since = now
+            return None
+        held_for = now - self._gap_since
+        if held_for < cfg.lost_gap_seconds:
+            return None
+        reason = self.gate.check("gap", gap, now, persistent=True, unit="bytes")
+        if reason is None:
+            return None
+        ev = dict(evidence, gap_bytes=gap, gap_bound_bytes=bound, reader_fds=len(readers),
+                  gap_seconds=round(held_for, 3))
+        return make_alert(
+            KIND_LOST_DATA, SEVERITY_WARNING, now,
+            f"received - delivered has stayed above {human_bytes(bound)} (what {len(readers)} "
+            f"reading fd(s) may legitimately hold) for {held_for:.1f} s: "
+            f"{human_bytes(gap)} received and not delivered", ev, reason)
+
+
+def _ids(ids) -> str:
+    ids = list(ids)
+    return ", ".join(str(i) for i in ids[:5]) + (" ..." if len(ids) > 5 else "")
