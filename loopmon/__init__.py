@@ -1,5 +1,26 @@
 """loopmon: an instrumented asyncio proactor event loop and its live monitor.
 
-(The public API — new_event_loop, EventLoopPolicy, install — is filled in by the core loop.)
+    import asyncio, loopmon
+    with asyncio.Runner(loop_factory=loopmon.new_event_loop) as runner:
+        runner.run(main())
+        print(runner.get_loop().monitor.snapshot())
+
+``new_event_loop(instrument=False)`` is the same loop without a monitor.  Only the standard
+library (and psutil, for telemetry) is imported here: never a GUI toolkit.
 """
+from .monitor import Monitor
+from .policy import EventLoopPolicy, install, new_event_loop
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # ProactorEventLoop imports asyncio.unix_events: load it on first use (and not on Windows)
+    if name == "ProactorEventLoop":
+        from .loop import ProactorEventLoop
+        return ProactorEventLoop
+    raise AttributeError(f"module 'loopmon' has no attribute {name!r}")
+
+
+__all__ = ["new_event_loop", "EventLoopPolicy", "install", "ProactorEventLoop", "Monitor",
+           "__version__"]

@@ -1,0 +1,683 @@
+"""The selector-emulated proactor: completion-style ops on top of readiness.
+
+How it works
+------------
+``BaseProactorEventLoop`` hands us whole operations -- "receive into this buffer", "send
+all of these bytes", "accept" -- and wants a future back.  POSIX offers readiness instead
+(``epoll``/``kqueue`` via ``selectors``): it tells us when a syscall *would not block*.  We
+bridge the two the cheap way round: **try the syscall first**.  On a busy connection most
+receives and nearly all sends succeed at once; such an op completes *inline*: we return an
+already-finished future and record a single ``Monitor.op_inline`` event, with no entry in
+the outstanding table.  Only when the syscall raises ``BlockingIOError`` does the op go
+*pending*: we record ``op_start`` (and ``buffer_pin`` for the bytes the op holds -- the
+receive size, or the unsent rest of a send), queue it on its file descriptor, and make sure
+the selector watches that fd in the right direction.  ``select(timeout)`` -- called by the
+loop once per iteration, exactly where ``IocpProactor`` calls ``GetQueuedCompletionStatus``
+-- waits, retries the syscall for every op whose fd became ready, and completes futures
+(``op_end``).  Futures completed here run their callbacks in the same loop iteration.
+
+Each fd has one small ``_FdWaiters`` record: FIFO queues of pending read-side and
+write-side ops, plus the ``add_reader``/``add_writer`` handles of the loop, which share
+the same selector.  Several ops may queue on one fd (IOCP allows that too); they complete
+in order.
+
+The traps
+---------
+* **Sends must finish the whole buffer.**  The proactor transports ignore the count a send
+  returns.  A partial send keeps the op pending with the remainder until all is written.
+* **A cancel is a request, not an event.**  ``_PendingOp.cancel()`` (the IOCP
+  ``_OverlappedFuture`` pattern) cancels the future for its waiter at once, records
+  ``op_cancel`` and stops waiting for readiness -- but the op stays in flight until its own
+  cancelled completion is delivered by the next ``select()`` pass, as on IOCP, where a
+  cancel only *asks* the kernel.  That gap is where bpo-33694 lived; the opt-in fault
+  ``cancel-drops-data`` re-creates it: a cancelled receive whose socket already holds data
+  reads the data and drops it (``FLAG_DISCARDED``), exactly what the pre-fix proactor did.
+* **A failed send must release its buffer.**  ``send-keeps-buffer`` (opt-in) re-creates
+  bpo-32710: a send that fails at submission pins its buffer first, as IOCP allocates
+  before ``WSASend``, and then never lets it go -- a real reference kept on the backend.
+* **Registrations are lazy.**  Re-registering an fd for every receive costs two
+  ``epoll_ctl`` calls per round trip, so a direction stays registered after its queue
+  drains and is dropped only when readiness fires with nobody waiting.  The price is a
+  stale registration when a transport closes its socket: the kernel forgets a closed fd,
+  our table does not.  So a record remembers the object it was made for, and a different,
+  live object arriving on the same fd number replaces the stale record (failing any ops
+  still queued on the dead object with ``EBADF``).
+* **Internal fds are not recorded.**  The loop's self-pipe reader uses ``recv_unrecorded``.
+* **Pipes are not sockets.**  Pipe transports hand us file objects: those use
+  ``os.read``/``os.readv``/``os.write`` and record ``KIND_READ_PIPE``/``KIND_WRITE_PIPE``.
+  A write pipe learns that its reader went away from readability of its write end
+  (``wait_pipe_closed``).
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import selectors
+import socket
+from collections import deque
+from typing import Any, Iterable, Optional
+
+from ..monitor.events import (
+    FLAG_DISCARDED, KIND_ACCEPT, KIND_CONNECT, KIND_READ_PIPE, KIND_RECV, KIND_RECV_INTO,
+    KIND_RECVFROM, KIND_RECVFROM_INTO, KIND_SEND, KIND_SENDFILE, KIND_SENDTO, KIND_WAIT,
+    KIND_WRITE_PIPE, OUTCOME_CANCELLED, OUTCOME_COMPLETED, OUTCOME_FAILED, RECEIVE_KINDS,
+)
+from .base import FAULT_CANCEL_DROPS_DATA, FAULT_SEND_KEEPS_BUFFER, check_faults
+
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+_socket = socket.socket
+_WOULD_BLOCK = (BlockingIOError, InterruptedError)
+_LEAK_CAP = 256 * 1024 * 1024   # send-keeps-buffer stops leaking beyond this (the program survives)
+_NO_EVENTS: tuple = ()
+
+
+class _PendingOp(asyncio.Future):
+    """A pending op *is* its future: the backend's per-op state lives in these slots.
+
+    ``cancel()`` is a request to the backend (see the module docstring); the future itself
+    is cancelled at once, the op ends on the next ``select()`` pass.
+    """
+
+    __slots__ = ("_lm_backend", "_lm_kind", "_lm_obj", "_lm_fd", "_lm_buf", "_lm_n",
+                 "_lm_arg", "_lm_done", "_lm_rec")
+
+    def cancel(self, msg: Any = None) -> bool:
+        backend = self._lm_backend
+        if backend is not None and not self.done():
+            self._lm_backend = None
+            backend._request_cancel(self)
+        return super().cancel(msg)
+
+
+class _FdWaiters:
+    """Everything waiting on one fd: queued ops per direction and the loop's reader/writer."""
+
+    __slots__ = ("fd", "obj", "readers", "writers", "reader_handle", "writer_handle", "mask")
+
+    def __init__(self, fd: int, obj: Any) -> None:
+        self.fd = fd
+        self.obj = obj                  # the socket/file the ops belong to (None: add_reader only)
+        self.readers: deque = deque()
+        self.writers: deque = deque()
+        self.reader_handle: Optional[asyncio.Handle] = None
+        self.writer_handle: Optional[asyncio.Handle] = None
+        self.mask = 0                   # what the selector currently watches
+
+
+def _fileno_or_none(obj: Any) -> Optional[int]:
+    try:
+        fd = obj.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+    return fd if fd >= 0 else None
+
+
+class SelectorProactor:
+    """A completion-style proactor emulated with ``selectors`` (see the module docstring)."""
+
+    backend_name = "selector"
+
+    def __init__(self, monitor: Any = None, faults: Iterable[str] = (),
+                 selector: Optional[selectors.BaseSelector] = None) -> None:
+        self.monitor = monitor
+        self.faults = check_faults(faults)
+        self._drop_cancelled_data = FAULT_CANCEL_DROPS_DATA in self.faults
+        self._keep_failed_send_buffers = FAULT_SEND_KEEPS_BUFFER in self.faults
+        self._selector = selector if selector is not None else selectors.DefaultSelector()
+        self._fds: dict[int, _FdWaiters] = {}
+        self._cancelled: list[_PendingOp] = []     # cancel requested; completion due next select()
+        self._leaked: list[Any] = []               # send-keeps-buffer: references never released
+        self._leaked_bytes = 0
+        self._loop: Any = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (f"<SelectorProactor fds={len(self._fds)} closed={self._closed} "
+                f"instrumented={self.monitor is not None}>")
+
+    def set_loop(self, loop: Any) -> None:
+        self._loop = loop
+
+    # ------------------------------------------------------------------ receives
+    def recv(self, conn: Any, nbytes: int, flags: int = 0) -> asyncio.Future:
+        if isinstance(conn, _socket):
+            kind = KIND_RECV
+            try:
+                data = conn.recv(nbytes, flags)
+            except _WOULD_BLOCK:
+                return self._pend(KIND_RECV, conn, None, nbytes, flags, False, self.monitor)
+            except Exception as exc:
+                return self._failed_inline(kind, conn, nbytes, exc)
+        else:
+            kind = KIND_READ_PIPE
+            try:
+                data = os.read(conn.fileno(), nbytes)
+            except _WOULD_BLOCK:
+                return self._pend(KIND_READ_PIPE, conn, None, nbytes, 0, False, self.monitor)
+            except Exception as exc:
+                return self._failed_inline(kind, conn, nbytes, exc)
+        mon = self.monitor
+        if mon is not None:
+            mon.op_inline(kind, conn.fileno(), nbytes, len(data))
+        fut = self._loop.create_future()
+        fut.set_result(data)
+        return fut
+
+    def recv_unrecorded(self, conn: _socket, nbytes: int) -> asyncio.Future:
+        """``recv`` for the loop's own fds (the self-pipe): never shows in the monitor."""
+        try:
+            data = conn.recv(nbytes)
+        except _WOULD_BLOCK:
+            return self._pend(KIND_RECV, conn, None, nbytes, 0, False, None)
+        fut = self._loop.create_future()
+        fut.set_result(data)
+        return fut
+
+    def recv_into(self, conn: Any, buf: Any, flags: int = 0) -> asyncio.Future:
+        if isinstance(conn, _socket):
+            kind = KIND_RECV_INTO
+            try:
+                n = conn.recv_into(buf, 0, flags)
+            except _WOULD_BLOCK:
+                return self._pend(KIND_RECV_INTO, conn, buf, len(buf), flags, False, self.monitor)
+            except Exception as exc:
+                return self._failed_inline(kind, conn, len(buf), exc)
+        else:
+            kind = KIND_READ_PIPE
+            try:
+                n = os.readv(conn.fileno(), (buf,))
+            except _WOULD_BLOCK:
+                return self._pend(KIND_READ_PIPE, conn, buf, len(buf), 0, False, self.monitor)
+            except Exception as exc:
+                return self._failed_inline(kind, conn, len(buf), exc)
+        mon = self.monitor
+        if mon is not None:
+            mon.op_inline(kind, conn.fileno(), len(buf), n)
+        fut = self._loop.create_future()
+        fut.set_result(n)
+        return fut
+
+    def recvfrom(self, conn: _socket, nbytes: int, flags: int = 0) -> asyncio.Future:
+        try:
+            res = conn.recvfrom(nbytes, flags)
+        except _WOULD_BLOCK:
+            return self._pend(KIND_RECVFROM, conn, None, nbytes, flags, False, self.monitor)
+        except Exception as exc:
+            return self._failed_inline(KIND_RECVFROM, conn, nbytes, exc)
+        return self._done_inline(KIND_RECVFROM, conn, nbytes, len(res[0]), res)
+
+    def recvfrom_into(self, conn: _socket, buf: Any, nbytes: int = 0,
+                      flags: int = 0) -> asyncio.Future:
+        if not nbytes:
+            nbytes = len(buf)
+        try:
+            res = conn.recvfrom_into(buf, nbytes, flags)
+        except _WOULD_BLOCK:
+            op = self._pend(KIND_RECVFROM_INTO, conn, buf, nbytes, flags, False, self.monitor)
+            return op
+        except Exception as exc:
+            return self._failed_inline(KIND_RECVFROM_INTO, conn, nbytes, exc)
+        return self._done_inline(KIND_RECVFROM_INTO, conn, nbytes, res[0], res)
+
+    # ------------------------------------------------------------------ sends
+    def send(self, conn: Any, buf: Any, flags: int = 0) -> asyncio.Future:
+        """Send *all* of ``buf``; the result is the byte count."""
+        is_sock = isinstance(conn, _socket)
+        kind = KIND_SEND if is_sock else KIND_WRITE_PIPE
+        total = len(buf)
+        try:
+            n = conn.send(buf, flags) if is_sock else os.write(conn.fileno(), buf)
+        except _WOULD_BLOCK:
+            n = 0
+        except Exception as exc:
+            return self._send_failed_inline(kind, conn, buf, total, exc)
+        if n >= total:
+            mon = self.monitor
+            if mon is not None:
+                mon.op_inline(kind, conn.fileno(), total, n)
+            fut = self._loop.create_future()
+            fut.set_result(n)
+            return fut
+        rest = memoryview(buf).cast("B")[n:] if n else buf
+        op = self._pend(kind, conn, rest, total, flags, True, self.monitor)
+        op._lm_done = n
+        return op
+
+    def sendto(self, conn: _socket, buf: Any, flags: int = 0, addr: Any = None) -> asyncio.Future:
+        total = len(buf)
+        try:
+            n = conn.sendto(buf, flags, addr) if addr is not None else conn.send(buf, flags)
+        except _WOULD_BLOCK:
+            op = self._pend(KIND_SENDTO, conn, buf, total, flags, True, self.monitor)
+            op._lm_arg = addr
+            return op
+        except Exception as exc:
+            return self._send_failed_inline(KIND_SENDTO, conn, buf, total, exc)
+        return self._done_inline(KIND_SENDTO, conn, total, n, n)
+
+    def sendfile(self, sock: _socket, file: Any, offset: int, count: int) -> asyncio.Future:
+        """Send ``count`` bytes of ``file`` from ``offset`` with ``os.sendfile``, all of them."""
+        in_fd = file.fileno()
+        sent = 0
+        try:
+            while sent < count:
+                n = os.sendfile(sock.fileno(), in_fd, offset + sent, count - sent)
+                if n == 0:
+                    break  # end of file
+                sent += n
+        except _WOULD_BLOCK:
+            op = self._pend(KIND_SENDFILE, sock, None, count, 0, True, self.monitor)
+            op._lm_arg = (in_fd, offset)
+            op._lm_done = sent
+            return op
+        except OSError as exc:
+            if sent == 0 and exc.errno in (errno.ENOTSOCK, errno.EINVAL, errno.ENOSYS,
+                                           errno.EOPNOTSUPP):
+                exc = asyncio.SendfileNotAvailableError(f"os.sendfile call failed: {exc}")
+            return self._failed_inline(KIND_SENDFILE, sock, count, exc)
+        return self._done_inline(KIND_SENDFILE, sock, count, sent, sent)
+
+    # ------------------------------------------------------------------ connections
+    def accept(self, listener: _socket) -> asyncio.Future:
+        try:
+            conn, addr = listener.accept()
+        except _WOULD_BLOCK:
+            return self._pend(KIND_ACCEPT, listener, None, 0, 0, False, self.monitor)
+        except Exception as exc:
+            return self._failed_inline(KIND_ACCEPT, listener, 0, exc)
+        conn.setblocking(False)
+        return self._done_inline(KIND_ACCEPT, listener, 0, 0, (conn, addr))
+
+    def connect(self, conn: _socket, address: Any) -> asyncio.Future:
+        """Non-blocking connect; completes (result None) when SO_ERROR says so."""
+        try:
+            conn.connect(address)
+        except _WOULD_BLOCK:
+            op = self._pend(KIND_CONNECT, conn, None, 0, 0, True, self.monitor)
+            op._lm_arg = address
+            return op
+        except Exception as exc:
+            return self._failed_inline(KIND_CONNECT, conn, 0, exc)
+        return self._done_inline(KIND_CONNECT, conn, 0, 0, None)
+
+    def wait_pipe_closed(self, pipe: Any) -> asyncio.Future:
+        """Completes with ``b''`` when the write end ``pipe`` sees its reader go away.
+
+        The proactor write-pipe transport learns of a closed reader from a pending read; on
+        POSIX the write end of a pipe reports readiness (EPOLLERR/HUP) when the reader closes.
+        """
+        return self._pend(KIND_WAIT, pipe, None, 0, 0, False, self.monitor)
+
+    def _stop_serving(self, obj: Any) -> None:
+        """A listening socket is about to be closed: cancel its ops and forget its fd now."""
+        fd = _fileno_or_none(obj)
+        st = self._fds.get(fd) if fd is not None else None
+        if st is None or st.obj is not obj:
+            return
+        for op in list(st.readers) + list(st.writers):
+            op.cancel()
+        self._forget(st)
+
+    # ------------------------------------------------------------------ loop's readers/writers
+    def add_handle(self, fd: int, handle: asyncio.Handle, writer: bool) -> None:
+        """Install the loop's ``add_reader``/``add_writer`` handle (replacing and cancelling one)."""
+        st = self._fds.get(fd)
+        if st is None:
+            st = self._fds[fd] = _FdWaiters(fd, None)
+        elif st.obj is not None and _fileno_or_none(st.obj) != fd:
+            st = self._replace_stale(st, None)
+        if writer:
+            old, st.writer_handle = st.writer_handle, handle
+            self._set_mask(st, st.mask | _WRITE)
+        else:
+            old, st.reader_handle = st.reader_handle, handle
+            self._set_mask(st, st.mask | _READ)
+        if old is not None:
+            old.cancel()
+
+    def remove_handle(self, fd: int, writer: bool) -> bool:
+        st = self._fds.get(fd)
+        if st is None:
+            return False
+        if writer:
+            old, st.writer_handle = st.writer_handle, None
+            want = st.mask & ~_WRITE if not st.writers else st.mask
+        else:
+            old, st.reader_handle = st.reader_handle, None
+            want = st.mask & ~_READ if not st.readers else st.mask
+        if old is None:
+            return False
+        old.cancel()
+        self._set_mask(st, want)
+        return True
+
+    def has_handles(self, fd: int) -> bool:
+        st = self._fds.get(fd)
+        return st is not None and (st.reader_handle is not None or st.writer_handle is not None)
+
+    # ------------------------------------------------------------------ the completion pass
+    def select(self, timeout: Optional[float] = None) -> tuple:
+        """Wait for readiness, run the syscalls of ready ops, complete their futures."""
+        if self._cancelled:
+            timeout = 0
+        ready = self._selector.select(timeout)
+        if self._cancelled:
+            self._finish_cancelled()
+        add_callback = self._loop._add_callback
+        for key, events in ready:
+            st = key.data
+            want = st.mask
+            if events & _READ:
+                if st.readers:
+                    self._run_readers(st)
+                handle = st.reader_handle
+                if handle is not None:
+                    if handle._cancelled:
+                        st.reader_handle = None
+                    else:
+                        add_callback(handle)
+                if not st.readers and st.reader_handle is None:
+                    want &= ~_READ      # readiness with nobody waiting: stop watching
+            if events & _WRITE:
+                if st.writers:
+                    self._run_writers(st)
+                handle = st.writer_handle
+                if handle is not None:
+                    if handle._cancelled:
+                        st.writer_handle = None
+                    else:
+                        add_callback(handle)
+                if not st.writers and st.writer_handle is None:
+                    want &= ~_WRITE
+            if want != st.mask:
+                self._set_mask(st, want)
+        return _NO_EVENTS
+
+    def _run_readers(self, st: _FdWaiters) -> None:
+        q = st.readers
+        while q:
+            op = q[0]
+            kind = op._lm_kind
+            obj = op._lm_obj
+            try:
+                if kind == KIND_RECV_INTO:
+                    res = nbytes = obj.recv_into(op._lm_buf, 0, op._lm_arg)
+                elif kind == KIND_RECV:
+                    res = obj.recv(op._lm_n, op._lm_arg)
+                    nbytes = len(res)
+                elif kind == KIND_READ_PIPE:
+                    if op._lm_buf is None:
+                        res = os.read(st.fd, op._lm_n)
+                        nbytes = len(res)
+                    else:
+                        res = nbytes = os.readv(st.fd, (op._lm_buf,))
+                elif kind == KIND_ACCEPT:
+                    conn, addr = obj.accept()
+                    conn.setblocking(False)
+                    res = (conn, addr)
+                    nbytes = 0
+                elif kind == KIND_RECVFROM:
+                    res = obj.recvfrom(op._lm_n, op._lm_arg)
+                    nbytes = len(res[0])
+                elif kind == KIND_RECVFROM_INTO:
+                    res = obj.recvfrom_into(op._lm_buf, op._lm_n, op._lm_arg)
+                    nbytes = res[0]
+                else:  # KIND_WAIT: the write end of a pipe became readable: its reader left
+                    res = b""
+                    nbytes = 0
+            except _WOULD_BLOCK:
+                return
+            except BaseException as exc:
+                q.popleft()
+                self._end_failed(op, exc)
+                continue
+            q.popleft()
+            op._lm_backend = None
+            op._lm_buf = None
+            op.set_result(res)
+            rec = op._lm_rec
+            if rec is not None:
+                self.monitor.op_end(rec, OUTCOME_COMPLETED, nbytes)
+
+    def _run_writers(self, st: _FdWaiters) -> None:
+        q = st.writers
+        while q:
+            op = q[0]
+            kind = op._lm_kind
+            obj = op._lm_obj
+            try:
+                if kind == KIND_SEND or kind == KIND_WRITE_PIPE:
+                    buf = op._lm_buf
+                    n = obj.send(buf, op._lm_arg) if kind == KIND_SEND else os.write(st.fd, buf)
+                    op._lm_done += n
+                    if n < len(buf):
+                        op._lm_buf = memoryview(buf).cast("B")[n:]
+                        return              # the socket buffer is full again
+                    res = op._lm_done
+                elif kind == KIND_SENDTO:
+                    addr = op._lm_arg
+                    res = obj.sendto(op._lm_buf, addr) if addr is not None else obj.send(op._lm_buf)
+                    op._lm_done = res
+                elif kind == KIND_CONNECT:
+                    err = obj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if err:
+                        raise OSError(err, f"Connect call failed {op._lm_arg}")
+                    res = None
+                else:  # KIND_SENDFILE
+                    in_fd, offset = op._lm_arg
+                    while op._lm_done < op._lm_n:
+                        n = os.sendfile(st.fd, in_fd, offset + op._lm_done, op._lm_n - op._lm_done)
+                        if n == 0:
+                            break
+                        op._lm_done += n
+                    res = op._lm_done
+            except _WOULD_BLOCK:
+                return
+            except BaseException as exc:
+                q.popleft()
+                self._end_failed(op, exc)
+                continue
+            q.popleft()
+            op._lm_backend = None
+            op._lm_buf = None
+            op.set_result(res)
+            rec = op._lm_rec
+            if rec is not None:
+                self.monitor.op_end(rec, OUTCOME_COMPLETED, op._lm_done)
+
+    # ------------------------------------------------------------------ op bookkeeping
+    def _pend(self, kind: int, obj: Any, buf: Any, n: int, arg: Any, write: bool,
+              mon: Any) -> _PendingOp:
+        """Queue an op that would block; the future is its state (no per-op dict/closure)."""
+        if self._closed:
+            raise RuntimeError("the loopmon proactor is closed")
+        fd = obj.fileno()
+        st = self._fds.get(fd)
+        if st is None:
+            st = self._fds[fd] = _FdWaiters(fd, obj)
+        elif st.obj is not obj:
+            if st.obj is None or _fileno_or_none(st.obj) != fd:
+                st = self._replace_stale(st, obj)
+        op = _PendingOp(loop=self._loop)
+        op._lm_backend = self
+        op._lm_kind = kind
+        op._lm_obj = obj
+        op._lm_fd = fd
+        op._lm_buf = buf
+        op._lm_n = n
+        op._lm_arg = arg
+        op._lm_done = 0
+        if mon is not None:
+            rec = op._lm_rec = mon.op_start(kind, fd, n)
+            if kind in RECEIVE_KINDS:
+                mon.buffer_pin(rec, n)
+            elif buf is not None:
+                mon.buffer_pin(rec, len(buf))
+        else:
+            op._lm_rec = None
+        if write:
+            st.writers.append(op)
+            if not st.mask & _WRITE:
+                self._set_mask(st, st.mask | _WRITE)
+        else:
+            st.readers.append(op)
+            if not st.mask & _READ:
+                self._set_mask(st, st.mask | _READ)
+        return op
+
+    def _done_inline(self, kind: int, obj: Any, requested: int, nbytes: int,
+                     result: Any) -> asyncio.Future:
+        mon = self.monitor
+        if mon is not None:
+            mon.op_inline(kind, obj.fileno(), requested, nbytes)
+        fut = self._loop.create_future()
+        fut.set_result(result)
+        return fut
+
+    def _failed_inline(self, kind: int, obj: Any, requested: int,
+                       exc: BaseException) -> asyncio.Future:
+        mon = self.monitor
+        if mon is not None:
+            mon.op_failed_inline(kind, _fileno_or_none(obj) or -1, requested, exc)
+        fut = self._loop.create_future()
+        fut.set_exception(exc)
+        return fut
+
+    def _send_failed_inline(self, kind: int, obj: Any, buf: Any, total: int,
+                            exc: BaseException) -> asyncio.Future:
+        """A send failed at submission.  With ``send-keeps-buffer`` its buffer leaks (bpo-32710)."""
+        if self._keep_failed_send_buffers and self._leaked_bytes + total <= _LEAK_CAP:
+            self._leaked.append(buf)            # a real reference: the RSS graph shows it
+            self._leaked_bytes += total
+            mon = self.monitor
+            if mon is not None:
+                rec = mon.op_start(kind, _fileno_or_none(obj) or -1, total)
+                mon.buffer_pin(rec, total)      # IOCP allocates before WSASend fails...
+                mon.op_end(rec, OUTCOME_FAILED, 0, type(exc).__name__, keep_buffer=True)
+            fut = self._loop.create_future()
+            fut.set_exception(exc)
+            return fut
+        return self._failed_inline(kind, obj, total, exc)
+
+    def _end_failed(self, op: _PendingOp, exc: BaseException) -> None:
+        op._lm_backend = None
+        op._lm_buf = None
+        if not op.done():
+            op.set_exception(exc)
+        rec = op._lm_rec
+        if rec is not None:
+            self.monitor.op_end(rec, OUTCOME_FAILED, op._lm_done, type(exc).__name__)
+
+    def _request_cancel(self, op: _PendingOp) -> None:
+        """``_PendingOp.cancel()``: stop waiting; the cancelled completion comes next select()."""
+        st = self._fds.get(op._lm_fd)
+        if st is not None:
+            try:
+                (st.writers if op in st.writers else st.readers).remove(op)
+            except ValueError:
+                pass
+        self._cancelled.append(op)
+        rec = op._lm_rec
+        if rec is not None:
+            self.monitor.op_cancel(rec)
+
+    def _finish_cancelled(self) -> None:
+        """Deliver the cancelled completions (the IOCP ERROR_OPERATION_ABORTED packets)."""
+        ops, self._cancelled = self._cancelled, []
+        mon = self.monitor
+        for op in ops:
+            dropped = 0
+            if self._drop_cancelled_data and op._lm_kind in RECEIVE_KINDS:
+                dropped = self._read_and_drop(op)
+            op._lm_buf = None
+            rec = op._lm_rec
+            if rec is not None:
+                if dropped:
+                    mon.op_end(rec, OUTCOME_CANCELLED, dropped, "", FLAG_DISCARDED)
+                else:
+                    mon.op_end(rec, OUTCOME_CANCELLED, op._lm_done)
+
+    @staticmethod
+    def _read_and_drop(op: _PendingOp) -> int:
+        """Fault ``cancel-drops-data``: the kernel had completed the receive; nobody reads it."""
+        size = max(op._lm_n, 1)
+        try:
+            if op._lm_kind == KIND_READ_PIPE:
+                data = os.read(op._lm_fd, size)
+            else:
+                data = op._lm_obj.recv(size)
+        except (OSError, ValueError):
+            return 0
+        return len(data)
+
+    # ------------------------------------------------------------------ fd table
+    def _set_mask(self, st: _FdWaiters, mask: int) -> None:
+        old = st.mask
+        if mask == old:
+            return
+        sel = self._selector
+        try:
+            if not old:
+                sel.register(st.fd, mask, st)
+            elif not mask:
+                sel.unregister(st.fd)
+            else:
+                sel.modify(st.fd, mask, st)
+        except KeyError:
+            # the selector's table disagrees with ours (a stale fd): start over for this fd
+            try:
+                sel.unregister(st.fd)
+            except (KeyError, ValueError, OSError):
+                pass
+            if mask:
+                sel.register(st.fd, mask, st)
+        st.mask = mask
+
+    def _forget(self, st: _FdWaiters) -> None:
+        if self._fds.get(st.fd) is st:
+            del self._fds[st.fd]
+        if st.mask:
+            try:
+                self._selector.unregister(st.fd)
+            except (KeyError, ValueError, OSError):
+                pass
+            st.mask = 0
+
+    def _replace_stale(self, st: _FdWaiters, obj: Any) -> _FdWaiters:
+        """The fd number now belongs to a new object: the old one was closed behind our back."""
+        stale_ops = list(st.readers) + list(st.writers)
+        st.readers.clear()
+        st.writers.clear()
+        handles = (st.reader_handle, st.writer_handle)
+        self._forget(st)
+        new = self._fds[st.fd] = _FdWaiters(st.fd, obj)
+        if obj is None:
+            new.reader_handle, new.writer_handle = handles  # add_reader keeps its handles
+        for op in stale_ops:
+            self._end_failed(op, OSError(errno.EBADF, "Bad file descriptor (closed while pending)"))
+        return new
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Cancel every op, end them all in the monitor, release leaked buffers, close."""
+        if self._closed:
+            return
+        self._closed = True
+        for st in list(self._fds.values()):
+            for op in list(st.readers) + list(st.writers):
+                op._lm_backend = None
+                op._lm_buf = None
+                op.cancel()
+            st.readers.clear()
+            st.writers.clear()
+        for op in self._cancelled:
+            op._lm_buf = None
+        self._cancelled = []
+        self._fds.clear()
+        self._leaked.clear()
+        self._leaked_bytes = 0
+        if self.monitor is not None:
+            self.monitor.drain_at_close()
+        self._selector.close()

@@ -1,0 +1,243 @@
+"""``loopmon.ProactorEventLoop``: asyncio's proactor loop, complete on POSIX, instrumented.
+
+``BaseProactorEventLoop`` is platform-neutral: give it a proactor and it runs transports,
+servers and ``sock_*`` calls as completion-style operations.  This class gives it one (the
+selector-emulated backend, ``loopmon.backends.selector``) and fills in what the base class
+leaves to Windows' subclass or does not have at all:
+
+* the **self-pipe reader** is started in ``run_forever`` (as ``windows_events`` does), so
+  ``call_soon_threadsafe`` and signals wake the loop; its bytes carry signal numbers, which
+  go to ``_process_self_data`` -- and its ops never show in the monitor;
+* ``add_reader``/``add_writer`` through the backend's selector, scheduled like
+  ``selector_events`` does; signals, subprocesses, pipes and Unix sockets come from
+  ``PosixExtrasMixin`` (``loopmon.unix_extras``);
+* every ``sock_*`` method with asyncio's own argument checks and, when instrumented,
+  delivered-bytes accounting for what they return (transports count theirs in
+  ``loopmon.transports``);
+* **loop lag**: while running instrumented, a timer every ``lag_interval`` seconds measures
+  how late it fires and records it with ``Monitor.record_lag``.
+
+``instrument=False`` gives the same loop with no monitor (``loop.monitor is None``) and the
+stdlib transports, for honest comparisons.
+"""
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+from asyncio import base_events, events, exceptions, proactor_events, sslproto
+from typing import Any, Iterable, Optional
+
+from .backends.selector import SelectorProactor
+from .monitor import Monitor
+from .transports import SocketTransport
+from .unix_extras import PosixExtrasMixin
+
+_ProactorSocketTransport = proactor_events._ProactorSocketTransport
+_check_ssl_socket = base_events._check_ssl_socket
+_HAS_IPv6 = hasattr(socket, "AF_INET6")
+_IS_MAIN_THREAD = threading.main_thread
+
+
+def _fileobj_to_fd(fileobj: Any) -> int:
+    if isinstance(fileobj, int):
+        fd = fileobj
+    else:
+        try:
+            fd = int(fileobj.fileno())
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"Invalid file object: {fileobj!r}") from None
+    if fd < 0:
+        raise ValueError(f"Invalid file descriptor: {fd}")
+    return fd
+
+
+def _current_wakeup_fd() -> int:
+    """Read the process-wide wakeup fd without changing it (main thread only)."""
+    fd = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(fd)
+    return fd
+
+
+class ProactorEventLoop(PosixExtrasMixin, proactor_events.BaseProactorEventLoop):
+    """A complete, optionally instrumented asyncio proactor event loop for POSIX."""
+
+    def __init__(self, proactor: Any = None, *, instrument: bool = True,
+                 faults: Iterable[str] = (), lag_interval: float = 0.05) -> None:
+        if proactor is None:
+            monitor = Monitor(backend=SelectorProactor.backend_name) if instrument else None
+            proactor = SelectorProactor(monitor=monitor, faults=faults)
+        self.monitor: Optional[Monitor] = getattr(proactor, "monitor", None)
+        self._signal_handlers: dict = {}
+        self._unix_server_sockets: dict = {}
+        self._child_pidfds: dict = {}
+        self._lag_interval = lag_interval
+        self._lag_handle: Optional[events.TimerHandle] = None
+        self._socket_transport = _ProactorSocketTransport if self.monitor is None else SocketTransport
+        main = threading.current_thread() is _IS_MAIN_THREAD()
+        previous_wakeup_fd = _current_wakeup_fd() if main else -1
+        super().__init__(proactor)
+        if main:
+            # the base class took the process-wide wakeup fd; give it back (see unix_extras)
+            signal.set_wakeup_fd(previous_wakeup_fd)
+
+    # ------------------------------------------------------------------ running
+    def run_forever(self) -> None:
+        try:
+            assert self._self_reading_future is None
+            self.call_soon(self._loop_self_reading)
+            if self.monitor is not None and self._lag_interval > 0:
+                expected = self.time() + self._lag_interval
+                self._lag_handle = self.call_at(expected, self._lag_tick, expected)
+            super().run_forever()
+        finally:
+            if self._lag_handle is not None:
+                self._lag_handle.cancel()
+                self._lag_handle = None
+            if self._self_reading_future is not None:
+                self._self_reading_future.cancel()
+                self._self_reading_future = None
+
+    def _lag_tick(self, expected: float) -> None:
+        now = self.time()
+        mon = self.monitor
+        if mon is not None:
+            mon.record_lag(now - expected)
+        expected = now + self._lag_interval
+        self._lag_handle = self.call_at(expected, self._lag_tick, expected)
+
+    def _loop_self_reading(self, f: Any = None) -> None:
+        try:
+            if f is not None:
+                data = f.result()  # may raise
+                if data and self._signal_handlers:
+                    self._process_self_data(data)
+            if self._self_reading_future is not f:
+                # run_forever() ended (and cancelled us) while this callback was queued
+                return
+            f = self._proactor.recv_unrecorded(self._ssock, 4096)
+        except exceptions.CancelledError:
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self.call_exception_handler({
+                "message": "Error on reading from the event loop self pipe",
+                "exception": exc,
+                "loop": self,
+            })
+        else:
+            self._self_reading_future = f
+            f.add_done_callback(self._loop_self_reading)
+
+    def close(self) -> None:
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        self._remove_all_signal_handlers()
+        self._close_child_pidfds()
+        main = threading.current_thread() is _IS_MAIN_THREAD()
+        wakeup_fd = _current_wakeup_fd() if main else -1
+        own_fd = self._csock.fileno() if self._csock is not None else -1
+        super().close()
+        if main and wakeup_fd not in (-1, own_fd):
+            signal.set_wakeup_fd(wakeup_fd)     # it belongs to another loop: leave it be
+
+    # ------------------------------------------------------------------ transports
+    def _make_socket_transport(self, sock, protocol, waiter=None, extra=None, server=None):
+        return self._socket_transport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *,
+                            server_side=False, server_hostname=None, extra=None,
+                            server=None, **timeouts):
+        ssl_protocol = sslproto.SSLProtocol(self, protocol, sslcontext, waiter, server_side,
+                                            server_hostname, **timeouts)
+        self._socket_transport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
+    # ------------------------------------------------------------------ add_reader/add_writer
+    def add_reader(self, fd: Any, callback, *args) -> None:
+        self._check_closed()
+        self._proactor.add_handle(_fileobj_to_fd(fd), events.Handle(callback, args, self, None),
+                                  False)
+
+    def remove_reader(self, fd: Any) -> bool:
+        if self.is_closed():
+            return False
+        return self._proactor.remove_handle(_fileobj_to_fd(fd), False)
+
+    def add_writer(self, fd: Any, callback, *args) -> None:
+        self._check_closed()
+        self._proactor.add_handle(_fileobj_to_fd(fd), events.Handle(callback, args, self, None),
+                                  True)
+
+    def remove_writer(self, fd: Any) -> bool:
+        if self.is_closed():
+            return False
+        return self._proactor.remove_handle(_fileobj_to_fd(fd), True)
+
+    # ------------------------------------------------------------------ sock_* methods
+    def _check_sock(self, sock: Any) -> None:
+        _check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        self._check_closed()
+
+    async def sock_recv(self, sock, n):
+        self._check_sock(sock)
+        data = await self._proactor.recv(sock, n)
+        mon = self.monitor
+        if mon is not None:
+            mon.delivered(len(data))
+        return data
+
+    async def sock_recv_into(self, sock, buf):
+        self._check_sock(sock)
+        nbytes = await self._proactor.recv_into(sock, buf)
+        mon = self.monitor
+        if mon is not None:
+            mon.delivered(nbytes)
+        return nbytes
+
+    async def sock_recvfrom(self, sock, bufsize):
+        self._check_sock(sock)
+        res = await self._proactor.recvfrom(sock, bufsize)
+        mon = self.monitor
+        if mon is not None:
+            mon.delivered(len(res[0]))
+        return res
+
+    async def sock_recvfrom_into(self, sock, buf, nbytes=0):
+        self._check_sock(sock)
+        if not nbytes:
+            nbytes = len(buf)
+        res = await self._proactor.recvfrom_into(sock, buf, nbytes)
+        mon = self.monitor
+        if mon is not None:
+            mon.delivered(res[0])
+        return res
+
+    async def sock_sendall(self, sock, data):
+        self._check_sock(sock)
+        await self._proactor.send(sock, data)
+
+    async def sock_sendto(self, sock, data, address):
+        self._check_sock(sock)
+        return await self._proactor.sendto(sock, data, 0, address)
+
+    async def sock_connect(self, sock, address):
+        self._check_sock(sock)
+        if sock.family == socket.AF_INET or (_HAS_IPv6 and sock.family == socket.AF_INET6):
+            resolved = await self._ensure_resolved(
+                address, family=sock.family, type=sock.type, proto=sock.proto, loop=self)
+            _, _, _, _, address = resolved[0]
+        await self._proactor.connect(sock, address)
+
+    async def sock_accept(self, sock):
+        self._check_sock(sock)
+        return await self._proactor.accept(sock)
+
+    async def _sock_sendfile_native(self, sock, file, offset, count):
+        self._check_closed()
+        return await super()._sock_sendfile_native(sock, file, offset, count)

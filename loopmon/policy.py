@@ -1,0 +1,59 @@
+"""The public entry points: ``new_event_loop()``, ``EventLoopPolicy`` and ``install()``.
+
+Shaped like uvloop's, so switching a program over is one line::
+
+    asyncio.Runner(loop_factory=loopmon.new_event_loop)      # 3.11+
+    asyncio.run(main(), loop_factory=loopmon.new_event_loop)  # 3.12+
+    loopmon.install(); asyncio.run(main())                    # any version (policy)
+
+Faults (opt-in bug re-creations, see ``loopmon.backends.base``) come from the ``faults``
+argument and from the ``LOOPMON_FAULTS`` environment variable (comma-separated), so a
+program can be run faulty without editing it.  An unknown name is a ``ValueError``.
+On Windows the loop is the stdlib IOCP proactor loop wrapped by ``loopmon.backends.iocp``.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any, Iterable
+
+from .backends.base import check_faults
+
+FAULTS_ENV = "LOOPMON_FAULTS"
+
+
+def _faults(faults: Iterable[str]) -> frozenset:
+    if isinstance(faults, str):
+        faults = [faults]
+    env = os.environ.get(FAULTS_ENV, "")
+    return check_faults(list(faults) + env.split(","))
+
+
+def new_event_loop(*, instrument: bool = True, faults: Iterable[str] = ()) -> Any:
+    """A new loopmon proactor loop; ``loop.monitor`` is its ``Monitor`` (None if bare)."""
+    names = _faults(faults)
+    if sys.platform == "win32":  # pragma: no cover - cannot run here
+        from .backends.iocp import new_iocp_event_loop
+        return new_iocp_event_loop(instrument=instrument, faults=names)
+    from .loop import ProactorEventLoop
+    return ProactorEventLoop(instrument=instrument, faults=names)
+
+
+class EventLoopPolicy(asyncio.events.BaseDefaultEventLoopPolicy):
+    """Event loop policy whose loops are loopmon loops (``install()`` sets it)."""
+
+    def __init__(self, *, instrument: bool = True, faults: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._instrument = instrument
+        self._faults = tuple(_faults(faults))
+
+    def _loop_factory(self) -> Any:
+        return new_event_loop(instrument=self._instrument, faults=self._faults)
+
+
+def install(*, instrument: bool = True, faults: Iterable[str] = ()) -> EventLoopPolicy:
+    """Make loopmon's loop the default for ``asyncio.run()`` / ``new_event_loop()``."""
+    policy = EventLoopPolicy(instrument=instrument, faults=faults)
+    asyncio.set_event_loop_policy(policy)
+    return policy

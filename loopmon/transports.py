@@ -1,0 +1,77 @@
+"""Proactor transports that count the bytes they hand to protocols.
+
+The backend counts bytes *received from the OS*; only the transport knows when those bytes
+are *delivered* -- handed to ``data_received``, fed to a ``BufferedProtocol`` or passed to
+``datagram_received``.  The gap between the two counters is exactly how bpo-33694-class
+loss shows up, so the count must be taken at the moment of hand-over and not before:
+
+* ``_ProactorReadPipeTransport._data_received`` stashes the bytes instead of delivering them
+  when reading is paused, and ``resume_reading()`` later calls ``_data_received`` again with
+  the same bytes.  So we count in ``_data_received`` only when it is about to deliver
+  (not paused, length > 0), which counts every byte exactly once.
+* The datagram transport delivers in a ``finally`` clause of ``_loop_reading``; we work out
+  beforehand whether that call will deliver (the same conditions it checks) and count then.
+
+The classes are only used by an instrumented loop; a bare loop uses the stdlib transports
+unchanged.  ``WritePipeTransport`` is used by both: the stdlib version learns that the
+reader of a write pipe went away from a 16-byte ``recv`` on the write end, which works on a
+Windows named pipe but not on a POSIX pipe, so it asks the backend for
+``wait_pipe_closed`` instead.
+"""
+from __future__ import annotations
+
+from asyncio import proactor_events
+
+_ReadPipe = proactor_events._ProactorReadPipeTransport
+_read_pipe_data_received = _ReadPipe._data_received
+_datagram_loop_reading = proactor_events._ProactorDatagramTransport._loop_reading
+
+
+class _CountDeliveredMixin:
+    """Counts bytes at the moment ``_data_received`` hands them to the protocol."""
+
+    __slots__ = ()
+
+    def _data_received(self, data, length):
+        if length > 0 and not self._paused:
+            mon = self._loop.monitor
+            if mon is not None:
+                mon.delivered(length)
+        _read_pipe_data_received(self, data, length)
+
+
+class SocketTransport(_CountDeliveredMixin, proactor_events._ProactorSocketTransport):
+    """``_ProactorSocketTransport`` + delivered-bytes accounting."""
+
+
+class ReadPipeTransport(_CountDeliveredMixin, proactor_events._ProactorReadPipeTransport):
+    """``_ProactorReadPipeTransport`` + delivered-bytes accounting."""
+
+
+class DatagramTransport(proactor_events._ProactorDatagramTransport):
+    """``_ProactorDatagramTransport`` + delivered-bytes accounting."""
+
+    def _loop_reading(self, fut=None):
+        if fut is not None and not self._conn_lost and not self._closing:
+            mon = self._loop.monitor
+            if (mon is not None and fut.done() and not fut.cancelled()
+                    and fut.exception() is None):
+                res = fut.result()
+                data = res if self._address is not None else res[0]
+                if data:
+                    mon.delivered(len(data))
+        _datagram_loop_reading(self, fut)
+
+
+class WritePipeTransport(proactor_events._ProactorBaseWritePipeTransport):
+    """Write pipe whose reader-closed detection works on POSIX pipes.
+
+    Same as ``_ProactorWritePipeTransport`` except for how the pending "closed" read is made.
+    """
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._read_fut = self._loop._proactor.wait_pipe_closed(self._sock)
+        self._read_fut.add_done_callback(self._pipe_closed)
+
+    _pipe_closed = proactor_events._ProactorWritePipeTransport._pipe_closed
