@@ -59,6 +59,10 @@ HANDSHAKE_TIMEOUT = 5.0
 WRITE_HIGH_WATER = 1 << 20
 
 
+class AgentError(OSError):
+    """The agent could not start serving (bind failed, runtime dir unusable ...)."""
+
+
 def parse_listen(addr: str, *, listen_any: bool = False) -> tuple[str, int]:
     """``127.0.0.1:PORT`` / ``[::1]:PORT`` / ``localhost:PORT`` -> (host, port).
 
@@ -172,10 +176,17 @@ class Agent:
         if failure:
             self._thread.join()
             self._thread = None
-            raise failure[0]
+            exc = failure[0]
+            if isinstance(exc, OSError):
+                where = (format_tcp_endpoint(*self._tcp_addr) if self._tcp_addr
+                         else str(discovery.runtime_dir()))
+                raise AgentError(f"cannot serve telemetry on {where}: "
+                                 f"{exc.strerror or exc}") from exc
+            raise exc
         if self._record_path:
             from .recording import RecordingWriter
             self._recorder = RecordingWriter(self._record_path, max_bytes=self._record_max)
+            asyncio.run_coroutine_threadsafe(self._start_recording(), self._loop)
         return self
 
     def attach(self, monitor: Monitor) -> Collector:
@@ -216,6 +227,8 @@ class Agent:
             except RuntimeError:
                 pass
             self._thread.join(timeout)
+        if self._recorder is not None:
+            self._recorder.close(reason)
         self._cleanup_files()
 
     # ---------------------------------------------------------------- internals
@@ -386,6 +399,43 @@ class Agent:
                 await writer.drain()
                 writer.close()
                 return
+
+    async def _start_recording(self) -> None:
+        task = asyncio.ensure_future(self._record())
+        self._session_tasks.add(task)
+        task.add_done_callback(self._session_tasks.discard)
+
+    async def _record(self) -> None:
+        """Like a session, with the recording file as the client (it never stalls us)."""
+        rec = self._recorder
+        while self.collector is None and not self._closing:
+            async with self._changed:
+                await self._changed.wait()
+        if self._closing:
+            return
+        sub = self._subscribe()
+        rec.write(sub.hello)
+        try:
+            while rec.active:
+                wake = sub.wake_event      # type: ignore[attr-defined]
+                await wake.wait()
+                wake.clear()
+                if (not self._closing and self.collector is not None
+                        and sub._collector is not self.collector):
+                    sub.close()
+                    self._subs.discard(sub)
+                    sub = self._subscribe()
+                    continue
+                for msg in sub.poll():
+                    if isinstance(msg, Goodbye) or not rec.write_frame(self._encode(msg)):
+                        continue
+                rec.flush()
+                if self._closing and sub._collector.finished and not sub._queue:
+                    rec.close(self._close_reason)
+                    return
+        finally:
+            sub.close()
+            self._subs.discard(sub)
 
     async def _watch_eof(self, reader: asyncio.StreamReader) -> None:
         while True:                       # the client says nothing after its hello

@@ -51,16 +51,22 @@ from .wire import OP_EVENTS_PER_FRAME
 log = logging.getLogger("loopmon.telemetry")
 
 DEFAULT_SAMPLE_PERIOD = 0.05
-DEFAULT_SUBSCRIPTION_MAXLEN = 2000
+DEFAULT_SUBSCRIPTION_MAXLEN = 2000      # messages
+DEFAULT_SUBSCRIPTION_MAX_EVENTS = 200_000   # op events held in OpEvents messages
 OUTSTANDING_CAP = 1000          # ops per Outstanding message (oldest first)
 
 
 class Subscription:
     """A bounded queue of messages for one consumer.  ``poll()`` never blocks."""
 
-    def __init__(self, collector: "Collector", hello: Hello, maxlen: int) -> None:
+    def __init__(self, collector: "Collector", hello: Hello, maxlen: int,
+                 max_events: int = DEFAULT_SUBSCRIPTION_MAX_EVENTS) -> None:
         self.hello = hello
         self.maxlen = max(8, maxlen)
+        self.max_events = max(1, max_events)
+        # queued OpEvents tuples = _events_in - _events_out; each counter has a single writer
+        self._events_in = 0
+        self._events_out = 0
         self._collector = collector
         self._queue: deque = deque()
         self._pending_drops = 0          # dropped since the last Dropped message was queued
@@ -76,11 +82,16 @@ class Subscription:
         """Queued messages, oldest first (non-blocking; possibly empty)."""
         out = []
         q = self._queue
+        n_events = 0
         try:
             while q and len(out) < max_items:
-                out.append(q.popleft())
+                msg = q.popleft()
+                if type(msg) is OpEvents:
+                    n_events += len(msg.events)
+                out.append(msg)
         except IndexError:  # raced with nothing: single consumer, but be safe
             pass
+        self._events_out += n_events
         return out
 
     def close(self) -> None:
@@ -90,10 +101,13 @@ class Subscription:
 
     # ---------------------------------------------------------------- collector side
     def _offer(self, msg: Any) -> None:
-        if len(self._queue) >= self.maxlen:
+        n_events = len(msg.events) if type(msg) is OpEvents else 0
+        if (len(self._queue) >= self.maxlen or
+                (n_events and self._events_in - self._events_out + n_events > self.max_events)):
             self._pending_drops += 1
             self.dropped_total += 1
             return
+        self._events_in += n_events
         if self._pending_drops:
             self._queue.append(Dropped(self._pending_drops, self.dropped_total))
             self._pending_drops = 0
@@ -200,9 +214,13 @@ class Collector:
         if t is None:
             self._finish(reason)
 
-    def subscribe(self, maxlen: int = DEFAULT_SUBSCRIPTION_MAXLEN) -> Subscription:
-        """A new Subscription whose first ``poll()`` returns History + Outstanding."""
-        sub = Subscription(self, self.hello(), maxlen)
+    def subscribe(self, maxlen: int = DEFAULT_SUBSCRIPTION_MAXLEN,
+                  max_events: int = DEFAULT_SUBSCRIPTION_MAX_EVENTS) -> Subscription:
+        """A new Subscription whose first ``poll()`` returns History + Outstanding.
+
+        It holds at most ``maxlen`` messages and ``max_events`` op events; beyond that new
+        messages are dropped, counted, and reported with a ``Dropped`` message."""
+        sub = Subscription(self, self.hello(), maxlen, max_events)
         with self._lock:
             sub._queue.append(History(samples=self.history(), alerts=self.recent_alerts()))
             sub._queue.append(self._outstanding_message())

@@ -124,3 +124,21 @@ def test_history_is_bounded_in_two_tiers():
     hist = col.history()
     assert len(hist) == 20 + 18
     assert all(a.t <= b.t for a, b in zip(hist, hist[1:]))
+
+
+def test_subscription_bounds_queued_events():
+    m = Monitor()
+    col = Collector(m, sample_period=1.0)
+    sub = col.subscribe(maxlen=10_000, max_events=1000)
+    for _ in range(50):
+        for _ in range(100):
+            m.op_inline(0, 5, 10, 10)
+        col.tick()
+    queued = sum(len(x.events) for x in list(sub._queue) if isinstance(x, OpEvents))
+    assert queued <= 1000 and sub.dropped_total >= 40
+    drops = [x for x in sub.poll() if isinstance(x, Dropped)]
+    assert drops and sum(d.count for d in drops) + sub._pending_drops == sub.dropped_total
+    m.op_inline(0, 5, 10, 10)
+    col.tick()
+    assert any(isinstance(x, OpEvents) for x in sub.poll())     # flows again once drained
+    col.stop()

@@ -1,0 +1,123 @@
+"""Run an unmodified asyncio program under loopmon, with the agent serving -- like cProfile.
+
+``loopmon run script.py args`` must behave as ``python script.py args`` would: same
+``sys.argv``, ``__main__`` semantics (``runpy`` with ``run_name="__main__"``), ``sys.path[0]``
+(the script's directory, or the current directory for ``-m``), stdout/stderr untouched, the
+same exit code, and Ctrl-C handled by the program (asyncio.run's own SIGINT handling runs
+on the main thread as usual).  Uncaught exceptions -- KeyboardInterrupt included -- propagate
+out of ``run_program`` after clean-up, so the interpreter reports them and picks the exit
+status exactly as it would have for the program alone.
+
+How the program gets the instrumented loop without being modified: we install an event-loop
+policy, a subclass of ``loopmon.EventLoopPolicy`` whose ``new_event_loop`` also attaches each
+new loop's Monitor to the agent.  ``asyncio.run()``, ``asyncio.Runner`` and
+``asyncio.new_event_loop()`` all create loops through the policy.  (A program that installs
+its own policy or passes its own ``loop_factory`` opts out; that is its right.)
+
+The agent is bound *before* the program starts, so a bad ``--listen`` is a clean CLI error
+and not a failure inside the program; it is closed in a ``finally`` (socket and discovery
+file removed, clients told ``Goodbye``).
+"""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import runpy
+import sys
+from typing import Any, Iterable, Optional
+
+from .telemetry.agent import Agent
+
+KNOWN_FAULTS = ("cancel-drops-data", "send-keeps-buffer")
+
+
+def _policy_class() -> type:
+    try:
+        import loopmon
+        return loopmon.EventLoopPolicy          # provided by the core loop
+    except AttributeError:
+        raise RuntimeError("loopmon.EventLoopPolicy is not available in this build") from None
+
+
+def make_policy(agent: Agent) -> asyncio.AbstractEventLoopPolicy:
+    """An instance of loopmon's policy that attaches every new instrumented loop to ``agent``."""
+    base = _policy_class()
+
+    class AttachingPolicy(base):  # type: ignore[misc, valid-type]
+        def new_event_loop(self) -> asyncio.AbstractEventLoop:
+            loop = super().new_event_loop()
+            monitor = getattr(loop, "monitor", None)
+            if monitor is not None:
+                try:
+                    agent.attach(monitor)
+                except Exception as exc:   # telemetry must never break the program
+                    print(f"loopmon: cannot attach the loop to the agent: {exc}",
+                          file=sys.stderr)
+            return loop
+
+    return AttachingPolicy()
+
+
+def start_agent(*, listen: Optional[str] = None, listen_any: bool = False,
+                record: Optional[str] = None, sample_ms: float = 50.0,
+                argv: Optional[list[str]] = None) -> Agent:
+    return Agent(listen=listen, listen_any=listen_any, record=record,
+                 sample_period=sample_ms / 1000.0, argv=argv).start()
+
+
+def run_program(*, script: Optional[str] = None, module: Optional[str] = None,
+                args: Iterable[str] = (), listen: Optional[str] = None, listen_any: bool = False,
+                record: Optional[str] = None, sample_ms: float = 50.0,
+                faults: Iterable[str] = ()) -> Any:
+    """Run the program in this process.  Returns normally, or lets its exceptions through."""
+    args = list(args)
+    faults = list(faults)
+    if faults:
+        os.environ["LOOPMON_FAULTS"] = ",".join(faults)
+    if script is not None:
+        argv = [script] + args
+    else:
+        argv = [module or ""] + args           # runpy replaces argv[0] by the module's path
+    agent = start_agent(listen=listen, listen_any=listen_any, record=record,
+                        sample_ms=sample_ms, argv=argv)
+    try:
+        asyncio.set_event_loop_policy(make_policy(agent))
+        sys.argv = argv
+        if script is not None:
+            sys.path[0] = os.path.dirname(os.path.abspath(script))
+            runpy.run_path(script, run_name="__main__")
+        else:
+            sys.path[0] = os.getcwd()
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+    finally:
+        try:
+            agent.close("program exited")
+        finally:
+            try:
+                sys.stdout.flush()
+            except Exception:
+                pass
+
+
+def serve(*, listen: Optional[str] = None, listen_any: bool = False,
+          record: Optional[str] = None, sample_ms: float = 50.0,
+          install_policy: bool = True) -> Agent:
+    """Start the agent from inside a program (the code alternative to ``loopmon run``).
+
+    Attaches the running loop's monitor if called from an instrumented loop; with
+    ``install_policy`` (the default) loops created later through asyncio's policy are
+    instrumented and attached too.  The agent closes at interpreter exit.
+    """
+    agent = start_agent(listen=listen, listen_any=listen_any, record=record,
+                        sample_ms=sample_ms, argv=list(sys.argv))
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is not None and getattr(running, "monitor", None) is not None:
+        agent.attach(running.monitor)
+    if install_policy:
+        asyncio.set_event_loop_policy(make_policy(agent))
+    atexit.register(agent.close, "program exited")
+    return agent
