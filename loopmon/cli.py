@@ -127,8 +127,6 @@ def _cmd_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if program[0].startswith("-"):
             run_parser.error(f"unrecognized option {program[0]!r} before the script")
         script, prog_args = program[0], program[1:]
-        if not os.path.isfile(script):
-            return _fail("run", f"can't open file {script!r}: no such file", 2)
     else:
         script, prog_args = None, program
     for fault in args.fault:
@@ -139,6 +137,8 @@ def _cmd_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parse_listen(args.listen, listen_any=args.listen_any)
         except ValueError as exc:
             run_parser.error(str(exc))
+    if script is not None and not os.path.isfile(script):
+        return _fail("run", f"can't open file {script!r}: no such file", 2)
     try:
         import loopmon
         loopmon.EventLoopPolicy                  # noqa: B018 - the core loop must be present

@@ -65,8 +65,8 @@ class RecordingWriter:
             return False
         if self.size + len(frame) > self.max_bytes - self.GOODBYE_RESERVE:
             mib = self.max_bytes / (1 << 20)
-            self.close(f"recording stopped: size limit of {mib:g} MiB reached")
-            log.warning("loopmon: recording %s stopped at its size limit of %g MiB "
+            self.close(f"recording stopped: size limit of {mib:.3g} MiB reached")
+            log.warning("loopmon: recording %s stopped at its size limit of %.3g MiB "
                         "(set LOOPMON_RECORD_MAX_MB to change it)", self.path, mib)
             return False
         try:
