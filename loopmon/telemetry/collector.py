@@ -262,7 +262,7 @@ class Collector:
             stopping = self._stop.wait(delay)
             closed = self.monitor.closed
             try:
-                self.tick()
+                self.tick(final=stopping or closed)
             except Exception as exc:  # pragma: no cover - the thread must survive
                 self.tick_errors += 1
                 log.debug("collector tick failed: %r", exc)
@@ -279,7 +279,7 @@ class Collector:
             sub._offer(Goodbye(reason))
             sub._wake()
 
-    def tick(self, now: Optional[float] = None) -> None:
+    def tick(self, now: Optional[float] = None, final: bool = False) -> None:
         """One sampling period (public so tests and benchmarks can drive it by hand)."""
         mon = self.monitor
         events = mon.drain()
@@ -298,7 +298,7 @@ class Collector:
             messages.append(OpEvents(events[i:i + OP_EVENTS_PER_FRAME]))
         self.events_forwarded += len(events)
         messages.append(sample)
-        if self.ticks % self._outstanding_ticks == 0:
+        if final or self.ticks % self._outstanding_ticks == 0:
             messages.append(self._outstanding_message())
         with self._lock:
             subs = list(self._subs)

@@ -100,9 +100,12 @@ def test_stat_reads_a_recording(recording):
 
 
 def test_corrupt_frame_in_the_middle_raises(recording, tmp_path):
+    import struct
     data = bytearray(recording.read_bytes())
-    pos = len(data) // 2
-    data[pos:pos + 64] = b"\xff" * 64
+    pos = 14                                       # file magic + stream header
+    while pos < len(data) // 2:                    # walk to a frame boundary mid-file
+        pos += 4 + struct.unpack_from(">I", data, pos)[0]
+    data[pos:pos + 5] = b"\xff\xff\xff\xff\x01"      # its length prefix: garbage
     path = tmp_path / "corrupt.lmrec"
     path.write_bytes(bytes(data))
     with pytest.raises(wire.ProtocolError):
