@@ -177,4 +177,7 @@ async def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    try:
+        sys.exit(asyncio.run(main()))
+    except KeyboardInterrupt:      # Ctrl-C / SIGINT: the progress lines said it all
+        sys.exit(130)
