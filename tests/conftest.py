@@ -1,0 +1,137 @@
+"""Shared fixtures: run a test on every event loop we compare (stdlib reference and loopmon).
+
+``aloop`` is a fresh event loop from one of the factories in ``LOOP_KINDS``; ``arun(coro)`` runs a
+coroutine on it with a timeout.  The stdlib ``SelectorEventLoop`` is the reference: a test that
+fails there is a wrong test, not a loopmon bug.  loopmon is imported lazily *inside* the factory,
+never skipped: while loopmon (or one of its APIs) is missing, its params must fail.
+
+After every test that passed, an instrumented loop's monitor is checked once the loop is closed:
+no outstanding ops, no live buffers, no instrumentation errors, and every byte received from the
+OS was delivered (a test that deliberately leaves bytes unread says so with
+``@pytest.mark.bytes_unread("why")``).  Tests marked ``no_bare`` (the expensive ones) skip the
+uninstrumented loopmon variant: it runs the same code paths minus the recorder.
+"""
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Any, Awaitable, Callable
+
+import pytest
+
+
+def _stdlib_loop() -> asyncio.AbstractEventLoop:
+    return asyncio.SelectorEventLoop()
+
+
+def _loopmon_loop() -> asyncio.AbstractEventLoop:
+    import loopmon
+    return loopmon.new_event_loop()
+
+
+def _loopmon_bare_loop() -> asyncio.AbstractEventLoop:
+    import loopmon
+    return loopmon.new_event_loop(instrument=False)
+
+
+LOOP_KINDS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "stdlib": _stdlib_loop,
+    "loopmon": _loopmon_loop,
+    "loopmon_bare": _loopmon_bare_loop,
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "bytes_unread(reason): the test leaves received bytes "
+                            "undelivered on purpose; skip the received == delivered check")
+    config.addinivalue_line("markers", "no_bare: expensive; skip the loopmon_bare loop variant")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call":
+        item._loop_call_failed = rep.failed  # the monitor is only checked after a clean workload
+
+
+@pytest.fixture(params=list(LOOP_KINDS))
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    if request.param == "loopmon_bare" and request.node.get_closest_marker("no_bare"):
+        pytest.skip("expensive test: bare loopmon variant covered by cheaper tests")
+    return request.param
+
+
+@pytest.fixture
+def make_loop(loop_kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The factory itself (for asyncio.Runner / asyncio.run(loop_factory=...))."""
+    return LOOP_KINDS[loop_kind]
+
+
+def check_monitor(loop: Any, *, bytes_unread: bool = False) -> None:
+    """The post-close invariants of an instrumented loop (no-op for other loops)."""
+    monitor = getattr(loop, "monitor", None)
+    if monitor is None:
+        return
+    assert loop.is_closed()
+    snap = monitor.snapshot()
+    problems = []
+    if snap.ops_outstanding != 0:
+        problems.append(f"ops_outstanding={snap.ops_outstanding} {snap.ops_outstanding_by_kind}")
+    if snap.buffers_live != 0:
+        problems.append(f"buffers_live={snap.buffers_live} ({snap.buffer_bytes_live} B)")
+    if not bytes_unread and snap.bytes_received != snap.bytes_delivered:
+        problems.append(f"bytes_received={snap.bytes_received} != "
+                        f"bytes_delivered={snap.bytes_delivered} "
+                        f"(discarded={snap.bytes_discarded})")
+    if snap.instrumentation_errors:
+        problems.append(f"instrumentation_errors={snap.instrumentation_errors}: "
+                        f"{snap.last_instrumentation_error}")
+    assert not problems, "monitor after close: " + "; ".join(problems)
+
+
+@pytest.fixture
+def monitor_check() -> Callable[..., None]:
+    return check_monitor
+
+
+def close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what is left, shut down generators and the executor, close."""
+    if loop.is_closed():
+        return
+    try:
+        tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.wait(tasks, timeout=10))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        loop.close()
+
+
+@pytest.fixture
+def aloop(request: pytest.FixtureRequest, loop_kind: str):
+    loop = LOOP_KINDS[loop_kind]()
+    if loop_kind == "loopmon_bare":
+        assert getattr(loop, "monitor", "missing") is None, "a bare loop has loop.monitor is None"
+    elif loop_kind == "loopmon":
+        assert loop.monitor is not None
+    asyncio.set_event_loop(loop)
+    try:
+        yield loop
+    finally:
+        asyncio.set_event_loop(None)
+        close_loop(loop)
+        gc.collect()  # transports left open are finalised now, not during the next test
+    if not getattr(request.node, "_loop_call_failed", True):
+        check_monitor(loop, bytes_unread=request.node.get_closest_marker("bytes_unread") is not None)
+
+
+@pytest.fixture
+def arun(aloop: asyncio.AbstractEventLoop) -> Callable[..., Any]:
+    """``arun(coro, timeout=60)``: run ``coro`` to completion on ``aloop``, bounded."""
+    def run(coro: Awaitable, timeout: float = 60.0) -> Any:
+        return aloop.run_until_complete(asyncio.wait_for(coro, timeout))
+    return run
