@@ -52,7 +52,7 @@ log = logging.getLogger("loopmon.telemetry")
 
 DEFAULT_SAMPLE_PERIOD = 0.05
 DEFAULT_SUBSCRIPTION_MAXLEN = 2000      # messages
-DEFAULT_SUBSCRIPTION_MAX_EVENTS = 200_000   # op events held in OpEvents messages
+DEFAULT_SUBSCRIPTION_MAX_EVENTS = 100_000   # op events held in OpEvents messages
 OUTSTANDING_CAP = 1000          # ops per Outstanding message (oldest first)
 
 

@@ -1,0 +1,271 @@
+"""Telemetry benchmarks: codec throughput, the cost of a streaming client, memory under a stalled one.
+
+    PYTHONPATH=. python bench/telemetry.py [--rounds 5] [--rss-seconds 60] [--skip-rss]
+
+1. **Codec**: op events/s encoded (as the agent does, ``wire.encode_op_events``) and decoded
+   (as the client does, ``wire.FrameDecoder``), on a realistic mix of events taken from a real
+   Monitor, in batches of the size a 50 ms tick sees at ~40 k events/s.  Goal >= 500 k/s each.
+2. **Echo with a client**: 10 connections x 1 KiB echo round trips over asyncio streams on
+   the instrumented loop, in a child process under ``loopmon run`` (agent serving).  Variants,
+   alternated over several rounds, medians: the agent with no client, and the agent with a
+   client streaming everything (connected from this process, decoding every frame).  Goal: the
+   client costs <= 5 %.  "no agent" (the instrumented loop alone) is printed for reference.
+3. **RSS with a client that never reads**: a fast echo workload under ``loopmon run`` with a
+   client that completes the handshake and then never reads; the child's RSS is sampled every
+   second.  It should stay flat (the per-client queue and transport buffer are bounded).
+
+Timings on a shared 2-core machine are noisy: read the ratios, not the absolute figures.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from loopmon.monitor import Monitor                  # noqa: E402
+from loopmon.monitor.events import OUTCOME_COMPLETED  # noqa: E402
+from loopmon.telemetry import wire                   # noqa: E402
+
+N_CONNS = 10
+PAYLOAD = 1024
+
+
+# ----------------------------------------------------------------------------- 1. codec
+def _event_mix(n: int) -> list[tuple]:
+    m = Monitor(ring_capacity=n + 10)
+    i = 0
+    while i < n:
+        m.op_inline(4, 7, 1024, 1024)                 # send, inline
+        m.op_inline(1, 8, 65536, 1024)                # recv_into, inline
+        rec = m.op_start(1, 8, 65536)                 # recv_into that went pending
+        m.buffer_pin(rec, 65536)
+        m.op_end(rec, OUTCOME_COMPLETED, 1024)        # end + buffer release
+        i += 5
+    return m.drain()[:n]
+
+
+def bench_codec(total: int = 400_000, batch: int = 2000) -> tuple[float, float, float]:
+    events = _event_mix(total)
+    batches = [events[i:i + batch] for i in range(0, len(events), batch)]
+    best_enc = best_dec = 0.0
+    size = 0
+    for _ in range(3):
+        t0 = time.perf_counter()
+        frames = [f for b in batches for f in wire.encode_op_events(b)]
+        t1 = time.perf_counter()
+        dec = wire.FrameDecoder(expect_header=False)
+        n = 0
+        for f in frames:
+            for msg in dec.feed(f):
+                n += len(msg.events)
+        t2 = time.perf_counter()
+        assert n == len(events)
+        best_enc = max(best_enc, len(events) / (t1 - t0))
+        best_dec = max(best_dec, len(events) / (t2 - t1))
+        size = sum(map(len, frames)) / len(events)
+    return best_enc, best_dec, size
+
+
+# ----------------------------------------------------------------------------- 2. echo child
+ECHO_CHILD = r'''
+import asyncio, sys, time
+N_CONNS, PAYLOAD, ROUNDS = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+async def handle(r, w):
+    try:
+        while data := await r.read(65536):
+            w.write(data)
+            await w.drain()
+    except ConnectionError:
+        pass
+    w.close()
+async def client(port, n):
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    msg = b"x" * PAYLOAD
+    for _ in range(n):
+        w.write(msg)
+        await w.drain()
+        await r.readexactly(PAYLOAD)
+    w.close()
+async def main():
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    await asyncio.gather(*[client(port, 50) for _ in range(N_CONNS)])     # warm up
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    t0 = time.perf_counter()
+    await asyncio.gather(*[client(port, ROUNDS) for _ in range(N_CONNS)])
+    print(time.perf_counter() - t0, flush=True)
+    srv.close()
+if sys.argv[4] == "direct":
+    import loopmon
+    asyncio.run(main(), loop_factory=loopmon.new_event_loop) if sys.version_info >= (3, 12) \
+        else asyncio.Runner(loop_factory=loopmon.new_event_loop).run(main())
+else:
+    asyncio.run(main())
+'''
+
+
+def _env(runtime_dir: str) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["LOOPMON_RUNTIME_DIR"] = runtime_dir
+    return env
+
+
+class _StreamingClient(threading.Thread):
+    """A client on its own thread and asyncio loop, decoding every frame until the end."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.events = 0
+        self.connected = threading.Event()
+
+    def run(self) -> None:
+        from loopmon import client as lc
+
+        async def main() -> None:
+            c = await lc.connect(self.pid)
+            self.connected.set()
+            async for msg in c:
+                ev = getattr(msg, "events", None)
+                if ev is not None:
+                    self.events += len(ev)
+        asyncio.run(main())
+
+
+def _echo_once(script: str, variant: str, rounds: int, runtime_dir: str) -> tuple[float, int]:
+    if variant == "no agent":
+        cmd = [sys.executable, script, str(N_CONNS), str(PAYLOAD), str(rounds), "direct"]
+    else:
+        cmd = [sys.executable, "-m", "loopmon", "run", script, str(N_CONNS), str(PAYLOAD),
+               str(rounds), "policy"]
+    p = subprocess.Popen(cmd, env=_env(runtime_dir), stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        streamer = None
+        if variant == "agent + client":
+            from loopmon.telemetry import discovery
+            os.environ["LOOPMON_RUNTIME_DIR"] = runtime_dir
+            while discovery.find(p.pid) is None:
+                time.sleep(0.01)
+            streamer = _StreamingClient(p.pid)
+            streamer.start()
+            streamer.connected.wait(10)
+            time.sleep(0.2)                  # past the backlog
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        elapsed = float(p.stdout.readline())
+        p.wait(60)
+        if streamer is not None:
+            streamer.join(10)
+        return elapsed, streamer.events if streamer else 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
+def bench_echo(rounds: int, per_conn: int) -> dict[str, list[float]]:
+    runtime_dir = tempfile.mkdtemp(prefix="lmbench-")
+    script = os.path.join(runtime_dir, "echo_child.py")
+    Path(script).write_text(ECHO_CHILD)
+    variants = ["no agent", "agent, no client", "agent + client"]
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    streamed = []
+    for r in range(rounds):
+        order = variants if r % 2 == 0 else variants[::-1]
+        for v in order:
+            t, n = _echo_once(script, v, per_conn, runtime_dir)
+            times[v].append(t)
+            if n:
+                streamed.append(n / t)
+    times["_streamed_events_per_s"] = streamed
+    return times
+
+
+# ----------------------------------------------------------------------------- 3. RSS
+def bench_rss(seconds: float) -> list[tuple[float, float]]:
+    import psutil
+    from loopmon.telemetry import discovery
+    runtime_dir = tempfile.mkdtemp(prefix="lmbench-")
+    os.environ["LOOPMON_RUNTIME_DIR"] = runtime_dir
+    workload = REPO / "tests" / "telemetry" / "workload.py"
+    p = subprocess.Popen([sys.executable, "-m", "loopmon", "run", str(workload), "--fast",
+                          "--duration", str(seconds + 5)], env=_env(runtime_dir),
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        while (entry := discovery.find(p.pid)) is None:
+            time.sleep(0.01)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(entry.endpoint[5:])
+        s.sendall(wire.STREAM_HEADER + wire.encode_frame(wire.ClientHello(entry.token)))
+        proc = psutil.Process(p.pid)
+        t0 = time.monotonic()
+        series = []
+        while (t := time.monotonic() - t0) < seconds:
+            series.append((t, proc.memory_info().rss / (1 << 20)))
+            time.sleep(1.0)
+        series.append((time.monotonic() - t0, proc.memory_info().rss / (1 << 20)))
+        s.close()
+        return series
+    finally:
+        p.kill()
+        p.wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--per-conn", type=int, default=2000, help="round trips per connection")
+    ap.add_argument("--rss-seconds", type=float, default=60.0)
+    ap.add_argument("--skip-rss", action="store_true")
+    args = ap.parse_args()
+
+    enc, dec, size = bench_codec()
+    print("| benchmark | figure | goal |")
+    print("|---|---|---|")
+    print(f"| op events encoded (agent, `wire.encode_op_events`) | {enc / 1e3:,.0f} k events/s "
+          f"({size:.1f} B/event) | >= 500 k/s |")
+    print(f"| op events decoded (client, `wire.FrameDecoder`) | {dec / 1e3:,.0f} k events/s "
+          f"| >= 500 k/s |", flush=True)
+
+    times = bench_echo(args.rounds, args.per_conn)
+    med = {k: statistics.median(v) for k, v in times.items() if v and not k.startswith("_")}
+    n_msgs = N_CONNS * args.per_conn
+    base = med["agent, no client"]
+    for v in ("no agent", "agent, no client", "agent + client"):
+        ratio = med[v] / base
+        goal = "<= 1.05" if v == "agent + client" else ""
+        print(f"| echo {N_CONNS} x 1 KiB, {v} (median of {args.rounds}) | "
+              f"{n_msgs / med[v]:,.0f} round trips/s, {ratio:.3f}x time of 'agent, no client' "
+              f"| {goal} |")
+    if times["_streamed_events_per_s"]:
+        print(f"| events streamed to the client during echo | "
+              f"{statistics.median(times['_streamed_events_per_s']):,.0f} events/s | |",
+              flush=True)
+
+    if not args.skip_rss:
+        series = bench_rss(args.rss_seconds)
+        first = series[min(5, len(series) - 1)][1]
+        last = series[-1][1]
+        peak = max(r for _, r in series)
+        print(f"| RSS, fast echo + a client that never reads, {args.rss_seconds:g} s | "
+              f"{first:.1f} MiB at 5 s -> {last:.1f} MiB at end (peak {peak:.1f}) | flat |")
+
+
+if __name__ == "__main__":
+    main()
