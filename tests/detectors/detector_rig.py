@@ -96,15 +96,21 @@ class _OnsetWatcher(threading.Thread):
 
 
 def run_workload(main: Callable[[list[str]], Awaitable[Any]], argv: list[str], *,
-                 faults: Iterable[str] = (), settle: float = 0.3) -> Run:
-    """Run ``main(argv)`` to completion on an instrumented loop with the real collector."""
+                 faults: Iterable[str] = (), settle: float = 0.3,
+                 config: Optional[Any] = None) -> Run:
+    """Run ``main(argv)`` to completion on an instrumented loop with the real collector.
+
+    ``config``: a ``DetectorConfig`` for the detectors (default: the collector loads
+    ``default_detectors()`` itself, as in a monitored program)."""
     import loopmon
+    from loopmon.detectors import default_detectors
     from loopmon.telemetry.collector import Collector
 
     loop = loopmon.new_event_loop(faults=tuple(faults))
     asyncio.set_event_loop(loop)
     monitor = loop.monitor
-    collector = Collector.for_monitor(monitor)
+    kwargs = {} if config is None else {"detectors": default_detectors(config)}
+    collector = Collector.for_monitor(monitor, **kwargs)
     watcher = _OnsetWatcher(collector.subscribe(maxlen=100_000, max_events=2_000_000))
     watcher.start()
     started = time.monotonic()
