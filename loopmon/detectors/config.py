@@ -41,6 +41,9 @@ class DetectorConfig:
     leak_after: float = 1.0
     #: severity is "critical" once this many bytes are leaked
     leak_critical_bytes: int = 1 << 20
+    #: the buffer table is scanned at most this often: under a leak it can hold tens of
+    #: thousands of buffers, and the collector thread shares the GIL with the loop
+    leak_check_interval: float = 0.2
 
     # --- stuck-op -------------------------------------------------------------------------
     #: a pending op of one of ``stuck_kinds`` older than this has made no progress

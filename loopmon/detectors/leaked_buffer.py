@@ -50,6 +50,7 @@ class LeakedBufferDetector:
         self._ops_with_buffer: set[int] = set()
         self._known_leaked: set[int] = set()                  # buf ids already counted
         self.leaked_total = 0                                 # distinct buffers ever leaked
+        self._next_check = 0.0
 
     def observe(self, events: list[tuple]) -> None:
         buffer_op = self._buffer_op
@@ -75,6 +76,9 @@ class LeakedBufferDetector:
 
     def evaluate(self, monitor: "Monitor", now: float) -> list[Alert]:
         cfg = self.config
+        if now < self._next_check:
+            return []
+        self._next_check = now + cfg.leak_check_interval
         leaked = [b for b in monitor.live_buffers() if b.held_after_op_end >= cfg.leak_after]
         if not leaked:
             self._known_leaked.clear()

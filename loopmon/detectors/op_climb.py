@@ -7,7 +7,7 @@ count of in-flight ops that keeps rising.  A busy one shows bursts: 200 connecti
 count jumps and later falls back.  Clinic.js Doctor tells the two apart for handles with a sign
 test, and so does this detector:
 
-1. Each tick samples ``ops_outstanding``.  Samples are averaged into buckets of
+1. Each tick samples the number of outstanding ops.  Samples are averaged into buckets of
    ``climb_bucket`` seconds, so one burst moves one or two buckets, not forty samples.
 2. Over the last ``climb_window`` seconds, take the differences between consecutive bucket
    means and drop the zeros (a flat count carries no sign).  Under "no trend" each remaining
@@ -92,7 +92,7 @@ class OpClimbDetector:
         return closed
 
     def evaluate(self, monitor: "Monitor", now: float) -> list[Alert]:
-        if not self.add_sample(now, monitor.snapshot().ops_outstanding):
+        if not self.add_sample(now, len(monitor.outstanding())):
             return []
         if len(self._buckets) < self._buckets.maxlen:
             return []   # window not yet full

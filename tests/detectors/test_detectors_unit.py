@@ -414,3 +414,15 @@ def test_gate_rules():
     assert g.check("other", 1, 132.0, persistent=True) == ""        # keys are independent
     g.forget("k")
     assert g.check("k", 1, 133.0, persistent=True) == ""
+
+
+def test_leaked_buffer_scans_the_table_at_most_every_check_interval():
+    cfg = dataclasses.replace(CFG, leak_after=0.05, leak_check_interval=0.2)
+    m = Monitor()
+    d = LeakedBufferDetector(cfg)
+    t0 = time.monotonic()
+    assert tick(m, d, t0) == []            # scanned: nothing yet
+    _failed_send_keeping_buffer(m)
+    time.sleep(0.06)
+    assert tick(m, d, t0 + 0.1) == []      # leaked, but not scanned again yet
+    assert len(tick(m, d, t0 + 0.2)) == 1
