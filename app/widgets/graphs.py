@@ -1,0 +1,252 @@
+"""The live graphs: outstanding ops by kind, memory, received data, loop lag.
+
+Each graph is a ``pg.PlotWidget`` subclass that knows which columns of the ``SessionModel``
+series it draws (``refresh(rows, model)``), so any one of them can be embedded on its own;
+``GraphPanel`` (``app.widgets.graph_panel``) stacks them on one shared time axis.
+
+Drawing rules that keep 30 frames/s cheap: curves are created once (per-kind curves lazily, the
+first time a kind is outstanding) and only get ``setData`` per frame; pyqtgraph clips to the
+view and peak-downsamples, so a 10-minute window of 12 000 rows costs about what 10 s does.  Two
+quantities with different scales on one graph (RSS vs buffer bytes, cumulative bytes vs rate)
+get a second ``ViewBox`` on the right axis rather than one flattening the other.
+
+The stacked area is drawn as filled curves of the running sum, bottom kind on top in z-order,
+with opaque fills (a translucent stack would blend each layer with all those above it).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor
+
+from app.model.session import COL, KIND_COLUMNS
+from app.widgets.axes import ByteAxis, CountAxis, TimeAxis
+from app.widgets.theme import (
+    KIND_COLOURS, SERIES_COLOURS, SEVERITY_COLOURS, blend, grid_alpha, plot_background,
+    plot_foreground,
+)
+
+LEFT_AXIS_WIDTH = 74
+RIGHT_AXIS_WIDTH = 78
+MAX_ALERT_MARKERS = 60
+
+
+class TimeSeriesGraph(pg.PlotWidget):
+    """Base: palette styling, a legend in the title, alert markers and the shared-time-axis plumbing."""
+
+    title = ""
+
+    def __init__(self, parent=None, left_axis: Optional[pg.AxisItem] = None,
+                 right_axis: Optional[pg.AxisItem] = None) -> None:
+        axes = {"bottom": TimeAxis("bottom"), "left": left_axis or CountAxis("left")}
+        if right_axis is not None:
+            axes["right"] = right_axis
+        super().__init__(parent, axisItems=axes)
+        self.plot_item = self.getPlotItem()
+        self.plot_item.setDownsampling(auto=True, mode="peak")
+        self.plot_item.setClipToView(True)
+        self.plot_item.hideButtons()
+        self.plot_item.setMenuEnabled(False)
+        self.plot_item.vb.setMouseEnabled(x=True, y=False)
+        self.plot_item.vb.enableAutoRange(axis="y", enable=True)
+        self.plot_item.vb.setAutoVisible(y=True)
+        self.setMinimumHeight(110)
+        self.right_vb: Optional[pg.ViewBox] = None
+        if right_axis is not None:
+            self._add_right_viewbox()
+        # legend entries go into the title line, so a legend box never covers data
+        self.legend_entries: list[tuple[str, str, str]] = []     # (name, colour, glyph)
+        self._markers: list[pg.InfiniteLine] = []
+        self._alerts_version = -1
+        self.apply_palette()
+
+    # ---------------------------------------------------------------- styling
+    def apply_palette(self) -> None:
+        bg, fg = plot_background(self), plot_foreground(self)
+        self.setBackground(bg)
+        for name in ("left", "bottom", "right", "top"):
+            axis = self.plot_item.getAxis(name)
+            axis.setPen(pg.mkPen(blend(fg, bg, 0.55)))
+            axis.setTextPen(pg.mkPen(fg))
+        self.plot_item.getAxis("left").setWidth(LEFT_AXIS_WIDTH)
+        if self.right_vb is not None:
+            self.plot_item.getAxis("right").setWidth(RIGHT_AXIS_WIDTH)
+        else:
+            self.plot_item.showAxis("right")
+            self.plot_item.getAxis("right").setStyle(showValues=False)
+            self.plot_item.getAxis("right").setWidth(RIGHT_AXIS_WIDTH)
+            self.plot_item.getAxis("right").setPen(pg.mkPen(None))
+        self.plot_item.showGrid(x=True, y=True, alpha=grid_alpha(self))
+        self._fg = fg
+        self.update_title()
+
+    def update_title(self) -> None:
+        legend = "&nbsp;&nbsp;&nbsp;".join(
+            f"<span style='color:{colour}'>{glyph}</span>&nbsp;{name}"
+            for name, colour, glyph in self.legend_entries)
+        self.plot_item.setTitle(f"<b>{self.title}</b>&nbsp;&nbsp;&nbsp;&nbsp;{legend}",
+                                color=self._fg.name(), size="9pt")
+
+    def show_time_labels(self, show: bool) -> None:
+        axis = self.plot_item.getAxis("bottom")
+        axis.setStyle(showValues=show)
+        axis.setHeight(None if show else 6)
+        if show:
+            axis.setLabel("time since target start", color=plot_foreground(self).name())
+
+    def _add_right_viewbox(self) -> None:
+        pi = self.plot_item
+        self.right_vb = pg.ViewBox()
+        pi.showAxis("right")
+        pi.scene().addItem(self.right_vb)
+        pi.getAxis("right").linkToView(self.right_vb)
+        self.right_vb.setXLink(pi)
+        self.right_vb.setMouseEnabled(x=False, y=False)
+        self.right_vb.enableAutoRange(axis="y", enable=True)
+        self.right_vb.setAutoVisible(y=True)
+
+        def sync_geometry() -> None:
+            self.right_vb.setGeometry(pi.vb.sceneBoundingRect())
+            self.right_vb.linkedViewChanged(pi.vb, self.right_vb.XAxis)
+        pi.vb.sigResized.connect(sync_geometry)
+
+    def _line(self, colour: str, name: str, width: float = 1.6, right: bool = False,
+              dash: bool = False, fill: Optional[QColor] = None) -> pg.PlotDataItem:
+        pen = pg.mkPen(colour, width=width,
+                       style=Qt.PenStyle.DashLine if dash else Qt.PenStyle.SolidLine)
+        item = pg.PlotDataItem(pen=pen)
+        glyph = "&#9632;" if fill is not None else ("&#9476;" if dash else "&#9473;&#9473;")
+        self.legend_entries.append((name, QColor(colour).name(), glyph))
+        if hasattr(self, "_fg"):
+            self.update_title()
+        if fill is not None:
+            item.setFillLevel(0)
+            item.setBrush(fill)
+        if right and self.right_vb is not None:
+            item.setDownsampling(auto=True, method="peak")
+            item.setClipToView(True)
+            self.right_vb.addItem(item)
+        else:
+            self.plot_item.addItem(item)
+        return item
+
+    # ---------------------------------------------------------------- data
+    def refresh(self, rows: np.ndarray, model) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def refresh_alerts(self, model) -> None:
+        """Vertical markers where alerts fired (rebuilt only when the alert list changed)."""
+        if model.alerts_version == self._alerts_version:
+            return
+        self._alerts_version = model.alerts_version
+        for line in self._markers:
+            self.plot_item.removeItem(line)
+        self._markers.clear()
+        for alert in list(model.alerts)[-MAX_ALERT_MARKERS:]:
+            colour = SEVERITY_COLOURS.get(alert.severity, SEVERITY_COLOURS["warning"])
+            line = pg.InfiniteLine(pos=alert.t - model.t0, angle=90, movable=False,
+                                   pen=pg.mkPen(colour, width=1.4, style=Qt.PenStyle.DashLine))
+            line.setToolTip(f"{alert.kind} ({alert.severity}): {alert.message}")
+            line.setZValue(50)
+            self.plot_item.addItem(line, ignoreBounds=True)
+            self._markers.append(line)
+
+
+class OutstandingOpsGraph(TimeSeriesGraph):
+    """In-flight ops, stacked by kind."""
+
+    title = "Outstanding operations (stacked by kind)"
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent, left_axis=CountAxis("left"))
+        self._curves: dict[str, pg.PlotDataItem] = {}
+
+    def _curve_for(self, kind: str, order: int) -> pg.PlotDataItem:
+        curve = self._curves.get(kind)
+        if curve is None:
+            colour = QColor(KIND_COLOURS.get(kind, KIND_COLOURS["other"]))
+            fill = blend(colour, plot_background(self), 0.35)
+            curve = self._line(colour.darker(115).name(), kind, width=1.2, fill=fill)
+            self._curves[kind] = curve
+        curve.setZValue(-order)
+        return curve
+
+    def refresh(self, rows: np.ndarray, model) -> None:
+        if not len(rows):
+            return
+        kinds = [k for k in (c[4:] for c in KIND_COLUMNS) if k in model.kinds_seen
+                 or (k == "other" and rows[:, COL["out_other"]].any())]
+        if not kinds:
+            kinds = ["recv", "send"]        # an idle target: show a flat, labelled zero
+        cols = [COL[f"out_{k}"] for k in kinds]
+        stacked = np.cumsum(rows[:, cols], axis=1)
+        x = rows[:, 0]
+        for i, kind in enumerate(kinds):
+            self._curve_for(kind, i).setData(x, stacked[:, i])
+
+
+class MemoryGraph(TimeSeriesGraph):
+    """Process RSS (left axis) and bytes held in op buffers (right axis)."""
+
+    title = "Memory: process RSS and op buffer bytes"
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent, left_axis=ByteAxis("left"), right_axis=ByteAxis("right"))
+        self.rss = self._line(SERIES_COLOURS["rss"], "RSS (left)", width=1.8)
+        buf_colour = QColor(SERIES_COLOURS["buffer_bytes"])
+        self.buffers = self._line(buf_colour.name(), "buffer bytes (right)", right=True,
+                                  fill=blend(buf_colour, plot_background(self), 0.7))
+
+    def refresh(self, rows: np.ndarray, model) -> None:
+        if not len(rows):
+            return
+        x = rows[:, 0]
+        self.rss.setData(x, rows[:, COL["rss"]])
+        self.buffers.setData(x, rows[:, COL["buffer_bytes"]])
+
+
+class ReceivedDataGraph(TimeSeriesGraph):
+    """Cumulative bytes received from the OS vs delivered to protocols, and the receive rate."""
+
+    title = "Received data: received vs delivered (cumulative) and receive rate"
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent, left_axis=ByteAxis("left"),
+                         right_axis=ByteAxis("right", suffix="/s"))
+        rate_colour = QColor(SERIES_COLOURS["recv_rate"])
+        self.rate = self._line(rate_colour.name(), "receive rate (right)", width=1.0, right=True,
+                               fill=blend(rate_colour, plot_background(self), 0.75))
+        self.received = self._line(SERIES_COLOURS["received"], "received", width=2.4)
+        self.delivered = self._line(SERIES_COLOURS["delivered"], "delivered", width=1.6,
+                                    dash=True)
+
+    def refresh(self, rows: np.ndarray, model) -> None:
+        if not len(rows):
+            return
+        x = rows[:, 0]
+        self.received.setData(x, rows[:, COL["bytes_received"]])
+        self.delivered.setData(x, rows[:, COL["bytes_delivered"]])
+        self.rate.setData(x, rows[:, COL["recv_rate"]])
+
+
+class LoopLagGraph(TimeSeriesGraph):
+    """Event-loop lag in milliseconds."""
+
+    title = "Loop lag"
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent, left_axis=CountAxis("left", suffix=" ms"))
+        colour = QColor(SERIES_COLOURS["lag"])
+        self.lag = self._line(colour.name(), "lag (ms)", width=1.4,
+                              fill=blend(colour, plot_background(self), 0.75))
+
+    def refresh(self, rows: np.ndarray, model) -> None:
+        if not len(rows):
+            return
+        self.lag.setData(rows[:, 0], rows[:, COL["lag_ms"]])
+
+
+ALL_GRAPHS = (OutstandingOpsGraph, MemoryGraph, ReceivedDataGraph, LoopLagGraph)

@@ -1,0 +1,138 @@
+"""``OperationTimeline``: recent op lifecycles as horizontal bars coloured by outcome.
+
+Each op that went pending is a bar from its submission to its end (or to "now" while still in
+flight), on the first free *lane* — a greedy interval packing over the spans in view, so
+overlapping ops stack and sequential ones share a row, like a Gantt chart.  Colour says how it
+ended: pending, completed, cancelled, failed, or *lost data* (a completion whose bytes were
+discarded: the bpo-33694 signature).  A cancel request is a small tick on the bar, because the
+interesting case is exactly a bar that keeps going after its tick.
+
+Drawn with one ``BarGraphItem`` per outcome (a handful of items, rebuilt ~10 Hz) rather than one
+item per op, so thousands of spans cost a few array copies.  Spans beyond ``MAX_LANES`` are not
+drawn and the title says how many were left out.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtGui import QColor
+
+from app.model.ops import SPAN_NAMES, SPAN_PENDING, Span
+from app.widgets.axes import TimeAxis
+from app.widgets.theme import OUTCOME_COLOURS, blend, grid_alpha, plot_background, plot_foreground
+
+MAX_LANES = 64
+BAR_HEIGHT = 0.72
+
+
+def pack_lanes(spans: list[Span], now: float, max_lanes: int = MAX_LANES,
+               gap: float = 0.0) -> tuple[list[tuple[Span, int, float]], int]:
+    """Assign each span (sorted by start) the first lane free at its start.
+
+    Returns ``[(span, lane, end)]`` where ``end`` is ``now`` for pending spans, and the number
+    of spans that did not fit in ``max_lanes``.
+    """
+    lane_end: list[float] = []
+    placed: list[tuple[Span, int, float]] = []
+    hidden = 0
+    for span in sorted(spans, key=lambda s: s.start):
+        end = now if span.outcome == SPAN_PENDING else span.end
+        for lane, busy_until in enumerate(lane_end):
+            if busy_until + gap <= span.start:
+                lane_end[lane] = end
+                placed.append((span, lane, end))
+                break
+        else:
+            if len(lane_end) < max_lanes:
+                lane_end.append(end)
+                placed.append((span, len(lane_end) - 1, end))
+            else:
+                hidden += 1
+    return placed, hidden
+
+
+class OperationTimeline(pg.PlotWidget):
+    """The last ``window`` seconds of op lifecycles (see the module docstring)."""
+
+    def __init__(self, parent=None, window: float = 10.0) -> None:
+        super().__init__(parent, axisItems={"bottom": TimeAxis("bottom")})
+        self.window = window
+        self.plot_item = self.getPlotItem()
+        self.plot_item.hideButtons()
+        self.plot_item.setMenuEnabled(False)
+        self.plot_item.vb.setMouseEnabled(x=False, y=False)
+        self.plot_item.getAxis("left").setStyle(showValues=False)
+        self.plot_item.getAxis("left").setWidth(8)
+        self.plot_item.vb.invertY(True)
+        self.setMinimumHeight(120)
+        self._bars: dict[int, pg.BarGraphItem] = {}
+        self._cancel_ticks = pg.ScatterPlotItem(symbol="t1", size=9, pxMode=True)
+        self.plot_item.addItem(self._cancel_ticks)
+        for outcome in range(len(SPAN_NAMES)):
+            colour = QColor(OUTCOME_COLOURS[outcome])
+            bars = pg.BarGraphItem(x0=[], x1=[], y=[], height=BAR_HEIGHT,
+                                   brush=colour, pen=pg.mkPen(colour.darker(130), width=0.6))
+            self._bars[outcome] = bars
+            self.plot_item.addItem(bars)
+        # the legend lives in the title (coloured squares), so it never covers a bar
+        self._legend_html = " ".join(
+            f"<span style='color:{OUTCOME_COLOURS[i]}'>&#9632;</span>&nbsp;{name}"
+            for i, name in enumerate(SPAN_NAMES)) + " &nbsp;&#9650;&nbsp;cancel requested"
+        self.hidden = 0
+        self.shown = 0
+        self.apply_palette()
+
+    def apply_palette(self) -> None:
+        bg, fg = plot_background(self), plot_foreground(self)
+        self.setBackground(bg)
+        for name in ("left", "bottom"):
+            axis = self.plot_item.getAxis(name)
+            axis.setPen(pg.mkPen(blend(fg, bg, 0.55)))
+            axis.setTextPen(pg.mkPen(fg))
+        self.plot_item.showGrid(x=True, y=False, alpha=grid_alpha(self))
+        self._cancel_ticks.setPen(pg.mkPen(fg, width=1.2))
+        self._cancel_ticks.setBrush(fg)
+        self._fg = fg
+        self._set_title()
+
+    def _set_title(self) -> None:
+        extra = f" — {self.hidden} more not drawn" if self.hidden else ""
+        self.plot_item.setTitle(f"<b>Operation timeline</b> — ops that went pending, last "
+                                f"{self.window:g} s{extra}<br>{self._legend_html}",
+                                color=self._fg.name(), size="9pt")
+
+    def refresh(self, session, right: Optional[float] = None) -> None:
+        """Redraw the spans ending in the ``window`` seconds before ``right`` (target-relative)."""
+        t0 = session.t0
+        now = session.target_now()
+        right_abs = now if right is None else right + t0
+        left_abs = right_abs - self.window
+        spans = [s for s in session.lifecycles.spans_since(left_abs) if s.start <= right_abs]
+        placed, hidden = pack_lanes(spans, now)
+        per_outcome: dict[int, list[tuple[float, float, int]]] = {k: [] for k in self._bars}
+        ticks_x, ticks_y = [], []
+        min_width = self.window / 600.0      # inline failures: a visible sliver
+        for span, lane, end in placed:
+            x0 = max(span.start, left_abs) - t0
+            x1 = max(end - t0, x0 + min_width)
+            per_outcome.setdefault(span.outcome, []).append((x0, x1, lane))
+            if span.cancel_t:
+                ticks_x.append(span.cancel_t - t0)
+                ticks_y.append(lane)
+        for outcome, bars in self._bars.items():
+            rows = per_outcome.get(outcome, [])
+            if rows:
+                arr = np.asarray(rows, dtype=float)
+                bars.setOpts(x0=arr[:, 0], x1=arr[:, 1], y=arr[:, 2], height=BAR_HEIGHT)
+            else:
+                bars.setOpts(x0=np.zeros(0), x1=np.zeros(0), y=np.zeros(0), height=BAR_HEIGHT)
+        self._cancel_ticks.setData(ticks_x, [y - 0.45 for y in ticks_y])
+        lanes = max((lane for _s, lane, _e in placed), default=0) + 1
+        x_left = max(left_abs - t0, 0.0)     # a young session starts at the left edge
+        self.plot_item.setXRange(x_left, max(right_abs - t0, x_left + self.window), padding=0)
+        self.plot_item.setYRange(-0.6, max(lanes, 6) - 0.3, padding=0)
+        if hidden != self.hidden or len(placed) != self.shown:
+            self.hidden, self.shown = hidden, len(placed)
+            self._set_title()
