@@ -1,0 +1,183 @@
+"""loop.sendfile over a transport and loop.sock_sendfile over a socket: whole files, offset/count
+slices, the file position afterwards, ordering with transport writes, fallback, bad arguments."""
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import socket
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+FILE_SIZE = 5 * 1024 * 1024 + 123
+
+
+@pytest.fixture(scope="module")
+def blob_file(tmp_path_factory) -> tuple[str, bytes]:
+    data = os.urandom(FILE_SIZE)
+    path = tmp_path_factory.mktemp("sendfile") / "blob.bin"
+    path.write_bytes(data)
+    return str(path), data
+
+
+async def _collecting_server():
+    """A server that collects everything each connection sends until EOF."""
+    loop = asyncio.get_running_loop()
+    received: asyncio.Queue = asyncio.Queue()
+
+    async def handler(reader, writer):
+        await received.put(await reader.read())
+        writer.close()
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], received
+
+
+@pytest.mark.parametrize("offset,count", [(0, None), (1000, 100_000), (4096, None),
+                                         (FILE_SIZE - 10, 1000), (0, 1)])
+def test_loop_sendfile_over_transport(aloop, arun, blob_file, offset, count):
+    path, data = blob_file
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server, port, received = await _collecting_server()
+        tr, proto = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        with open(path, "rb") as f:
+            tr.write(b"HEADER")
+            sent = await loop.sendfile(tr, f, offset, count)
+            expect = data[offset:offset + count] if count else data[offset:]
+            assert sent == len(expect)
+            assert f.tell() == offset + sent, "file position must follow the bytes sent"
+        tr.write(b"TRAILER")
+        tr.close()
+        got = await asyncio.wait_for(received.get(), 60)
+        server.close()
+        await server.wait_closed()
+        return got, expect
+    got, expect = arun(main())
+    assert len(got) == len(expect) + 13
+    assert got == b"HEADER" + expect + b"TRAILER"
+
+
+def test_loop_sendfile_fallback_for_non_regular_file(aloop, arun):
+    payload = os.urandom(300_000)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server, port, received = await _collecting_server()
+        tr, proto = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        with pytest.raises(asyncio.SendfileNotAvailableError):
+            await loop.sendfile(tr, io.BytesIO(payload), fallback=False)
+        sent = await loop.sendfile(tr, io.BytesIO(payload), 10, fallback=True)
+        assert sent == len(payload) - 10
+        tr.close()
+        got = await asyncio.wait_for(received.get(), 60)
+        server.close()
+        await server.wait_closed()
+        return got
+    assert arun(main()) == payload[10:]
+
+
+def test_loop_sendfile_on_closing_transport(aloop, arun, blob_file):
+    async def main():
+        loop = asyncio.get_running_loop()
+        server, port, received = await _collecting_server()
+        tr, proto = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        tr.close()
+        with open(blob_file[0], "rb") as f:
+            with pytest.raises(RuntimeError):
+                await loop.sendfile(tr, f)
+        assert await asyncio.wait_for(received.get(), 60) == b""
+        server.close()
+        await server.wait_closed()
+    arun(main())
+
+
+async def _pair():
+    loop = asyncio.get_running_loop()
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+    lsock.setblocking(False)
+    c = socket.socket()
+    c.setblocking(False)
+    acc = asyncio.ensure_future(loop.sock_accept(lsock))
+    await loop.sock_connect(c, lsock.getsockname())
+    conn, _ = await acc
+    lsock.close()
+    return c, conn
+
+
+async def _recv_all(loop, sock):
+    out = bytearray()
+    while True:
+        data = await loop.sock_recv(sock, 1 << 20)
+        if not data:
+            return bytes(out)
+        out += data
+
+
+@pytest.mark.parametrize("offset,count", [(0, None), (777, 2_000_000), (FILE_SIZE - 5, None)])
+def test_sock_sendfile(aloop, arun, blob_file, offset, count):
+    path, data = blob_file
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        c, conn = await _pair()
+        rx = asyncio.ensure_future(_recv_all(loop, conn))
+        with open(path, "rb") as f:
+            sent = await loop.sock_sendfile(c, f, offset, count)
+            assert f.tell() == offset + sent
+        c.shutdown(socket.SHUT_WR)
+        got = await asyncio.wait_for(rx, 60)
+        c.close()
+        conn.close()
+        return sent, got
+    sent, got = arun(main())
+    expect = data[offset:offset + count] if count else data[offset:]
+    assert sent == len(expect) and got == expect
+
+
+def test_sock_sendfile_bad_arguments(aloop, arun, blob_file, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("text mode")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        c, conn = await _pair()
+        with open(blob_file[0], "rb") as f:
+            with pytest.raises(ValueError):
+                await loop.sock_sendfile(c, f, -1)
+            with pytest.raises(ValueError):
+                await loop.sock_sendfile(c, f, 0, 0)
+            with pytest.raises(TypeError):
+                await loop.sock_sendfile(c, f, 0, "10")
+            with pytest.raises(TypeError):
+                await loop.sock_sendfile(c, f, "0")
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            udp.setblocking(False)
+            with pytest.raises(ValueError):
+                await loop.sock_sendfile(udp, f)
+            udp.close()
+        with open(text, "r") as tf:
+            with pytest.raises(ValueError):
+                await loop.sock_sendfile(c, tf)
+        c.close()
+        conn.close()
+    arun(main())
+
+
+def test_sock_sendfile_to_reset_peer(aloop, arun, blob_file):
+    async def main():
+        loop = asyncio.get_running_loop()
+        c, conn = await _pair()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        conn.close()
+        with open(blob_file[0], "rb") as f:
+            with pytest.raises((ConnectionError, OSError)):
+                for _ in range(50):
+                    await loop.sock_sendfile(c, f, 0)
+        c.close()
+    arun(main())
