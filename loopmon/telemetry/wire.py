@@ -247,6 +247,7 @@ _LAYOUTS: dict[int, str] = {
 _PACKED, _GENERIC = 1, 0
 _BIG_ENDIAN_HOST = sys.byteorder == "big"
 _code_of = itemgetter(1)
+_ONLY_EMPTY = {""}
 
 
 def _column_bytes(typecode: str, column: tuple) -> bytes:
@@ -285,10 +286,15 @@ def _encode_op_events_packed(events: list) -> Optional[bytes]:
         for typecode, col in zip(layout, cols):
             try:
                 if typecode == "s":
-                    if set(map(type, col)) != {str}:
+                    distinct = set(col)
+                    if distinct == _ONLY_EMPTY:          # the common case: no error names
+                        columns_out += bytes(4 * n)
+                        continue
+                    if set(map(type, distinct)) != {str}:
                         return None
-                    idx = [strings.setdefault(s, len(strings)) for s in col]
-                    columns_out += _column_bytes("I", idx)
+                    for text in distinct:
+                        strings.setdefault(text, len(strings))
+                    columns_out += _column_bytes("I", list(map(strings.__getitem__, col)))
                 else:
                     columns_out += _column_bytes(typecode, col)
             except (OverflowError, TypeError):
@@ -323,7 +329,7 @@ def _decode_op_events_packed(r: _Reader) -> list[tuple]:
             if typecode == "s":
                 if count and max(a) >= len(table):
                     raise ProtocolError("OpEvents string index out of range")
-                a = list(map(table.__getitem__, a))
+                a = [""] * count if len(table) == 1 else list(map(table.__getitem__, a))
             cols.append(a)
         cols.insert(1, (code,) * count)
         groups[code] = iter(list(zip(*cols))).__next__
