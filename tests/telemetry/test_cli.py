@@ -152,3 +152,33 @@ def test_stat_errors_are_one_line(tmp_path, runtime_dir):
     assert r.returncode == 2
     r = _loopmon("frobnicate")
     assert r.returncode == 2
+
+
+def test_serve_from_code(tmp_path, children, runtime_dir):
+    """A program that starts the agent itself instead of running under `loopmon run`."""
+    from loopmon import client as lmclient
+    from telemetry_helpers import run_async
+    from loopmon.telemetry.messages import Goodbye, Hello, History
+    script = tmp_path / "served.py"
+    script.write_text(
+        "import asyncio, sys\n"
+        "from loopmon.runner import serve\n"
+        "agent = serve(sample_ms=20)\n"
+        "async def main():\n"
+        "    print('ready', flush=True)\n"
+        "    await asyncio.sleep(float(sys.argv[1]))\n"
+        "asyncio.run(main())\n")
+    p = subprocess.Popen([sys.executable, str(script), "1.5"], env=child_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children.procs.append(p)
+    assert p.stdout.readline().strip() == "ready"
+    wait_discovered(p.pid)
+
+    async def follow():
+        c = await lmclient.connect(p.pid)
+        return [c.hello] + [m async for m in c]
+    msgs = run_async(follow())
+    assert isinstance(msgs[0], Hello) and msgs[0].sample_period == 0.02
+    assert isinstance(msgs[1], History) and isinstance(msgs[-1], Goodbye)
+    assert p.wait(10) == 0
+    assert os.listdir(runtime_dir) == []

@@ -142,3 +142,46 @@ def test_subscription_bounds_queued_events():
     col.tick()
     assert any(isinstance(x, OpEvents) for x in sub.poll())     # flows again once drained
     col.stop()
+
+
+def test_in_process_subscription_on_a_real_instrumented_loop():
+    """What the Qt widget's attach_monitor does: subscribe to a live loop in-process."""
+    import asyncio
+    import loopmon
+
+    loop = loopmon.new_event_loop()
+    try:
+        col = Collector.for_monitor(loop.monitor, sample_period=0.02)
+        sub = col.subscribe()
+        assert sub.hello.backend == loop.monitor.backend
+
+        async def traffic():
+            async def echo(r, w):
+                while data := await r.read(1024):
+                    w.write(data)
+                    await w.drain()
+                w.close()
+            srv = await asyncio.start_server(echo, "127.0.0.1", 0)
+            r, w = await asyncio.open_connection("127.0.0.1", srv.sockets[0].getsockname()[1])
+            got = []
+            deadline = loop.time() + 20
+            while loop.time() < deadline and sum(isinstance(m, Sample) for m in got) < 5:
+                w.write(b"x" * 100)
+                await w.drain()
+                await r.readexactly(100)
+                got += sub.poll()                 # non-blocking, on the loop thread itself
+                await asyncio.sleep(0.005)
+            w.close()
+            srv.close()
+            await srv.wait_closed()
+            return got
+        got = loop.run_until_complete(traffic())
+    finally:
+        loop.close()
+    assert isinstance(got[0], History) and isinstance(got[1], Outstanding)
+    events = [e for m in got if isinstance(m, OpEvents) for e in m.events]
+    assert any(e[1] == 1 for e in events)                    # inline ops seen
+    samples = [m for m in got if isinstance(m, Sample)]
+    assert samples[-1].counters["bytes_sent"] > 0
+    assert _wait_for(lambda: col.finished)                   # loop closed: collector ends
+    assert isinstance(sub.poll()[-1], Goodbye)
