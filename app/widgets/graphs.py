@@ -211,13 +211,13 @@ class MemoryGraph(TimeSeriesGraph):
 class ReceivedDataGraph(TimeSeriesGraph):
     """Cumulative bytes received from the OS vs delivered to protocols, and the receive rate."""
 
-    title = "Received data: received vs delivered (cumulative) and receive rate"
+    title = "Received data (cumulative) and receive rate"
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent, left_axis=ByteAxis("left"),
                          right_axis=ByteAxis("right", suffix="/s"))
         rate_colour = QColor(SERIES_COLOURS["recv_rate"])
-        self.rate = self._line(rate_colour.name(), "receive rate (right)", width=1.0, right=True,
+        self.rate = self._line(rate_colour.name(), "rate (right)", width=1.0, right=True,
                                fill=blend(rate_colour, plot_background(self), 0.75))
         self.received = self._line(SERIES_COLOURS["received"], "received", width=2.4)
         self.delivered = self._line(SERIES_COLOURS["delivered"], "delivered", width=1.6,

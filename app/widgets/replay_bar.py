@@ -56,7 +56,9 @@ class ReplayBar(QWidget):
 
     def _slid(self, value: int) -> None:
         if self.feed is not None:
-            self.feed.seek(value / 10.0)
+            # the slider's tenths round the duration down: its right end means "everything"
+            at_end = value >= self.slider.maximum()
+            self.feed.seek(self.feed.duration if at_end else value / 10.0)
 
     def _moved(self, position: float) -> None:
         self.slider.blockSignals(True)
