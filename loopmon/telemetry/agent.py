@@ -155,7 +155,7 @@ class Agent:
         self._loop = asyncio.SelectorEventLoop()       # plain asyncio, whatever the policy
 
         def run() -> None:
-            asyncio.set_event_loop(self._loop)
+            # no asyncio.set_event_loop(): that goes through the (program's) policy
             try:
                 self._loop.run_until_complete(self._bind())
             except BaseException as exc:

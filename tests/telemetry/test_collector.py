@@ -172,6 +172,8 @@ def test_in_process_subscription_on_a_real_instrumented_loop():
                 got += sub.poll()                 # non-blocking, on the loop thread itself
                 await asyncio.sleep(0.005)
             w.close()
+            await w.wait_closed()
+            await asyncio.sleep(0.05)             # the echo handler sees EOF and ends
             srv.close()
             await srv.wait_closed()
             return got
