@@ -250,7 +250,8 @@ class _StatView:
 async def _stat_live(target: str, timeout: float) -> _StatView:
     from .client import connect
     view = _StatView()
-    client = await connect(target, timeout=timeout)
+    client = await connect(target, timeout=timeout, client_name="loopmon stat",
+                           op_events=False)
     view.add(client.hello)
     deadline = time.monotonic() + timeout
     try:

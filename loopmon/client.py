@@ -129,8 +129,12 @@ class Client:
 
 
 async def connect(target: Union[int, str], *, token: Optional[str] = None,
-                  timeout: float = 5.0, client_name: str = "loopmon.client") -> Client:
-    """Connect to an instrumented process and complete the handshake (see the module doc)."""
+                  timeout: float = 5.0, client_name: str = "loopmon.client",
+                  op_events: bool = True) -> Client:
+    """Connect to an instrumented process and complete the handshake (see the module doc).
+
+    ``op_events=False`` asks the agent not to stream ``OpEvents`` (a dashboard that only
+    graphs Samples spares the monitored process the encoding)."""
     kind, where = parse_target(target)
     entry = None
     if kind == "pid":
@@ -159,7 +163,7 @@ async def connect(target: Union[int, str], *, token: Optional[str] = None,
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConnectError(f"cannot connect to {endpoint}: {reason}") from None
     try:
-        writer.write(wire.STREAM_HEADER + wire.encode_frame(wire.ClientHello(token, client_name)))
+        writer.write(wire.STREAM_HEADER + wire.encode_frame(wire.ClientHello(token, client_name, op_events)))
 
         async def handshake() -> Any:
             await wire.read_stream_header(reader)

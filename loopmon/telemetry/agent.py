@@ -51,7 +51,7 @@ from typing import Any, Optional
 from ..monitor import Monitor
 from . import discovery, wire
 from .collector import DEFAULT_SAMPLE_PERIOD, Collector, Subscription
-from .messages import Goodbye
+from .messages import Goodbye, OpEvents
 
 log = logging.getLogger("loopmon.agent")
 
@@ -353,7 +353,7 @@ class Agent:
         try:
             sub = self._subscribe()
             writer.write(self._encode(sub.hello))
-            await self._pump(sub, writer, eof)
+            await self._pump(sub, writer, eof, hello.op_events)
         finally:
             eof.cancel()
             if sub is not None:
@@ -374,7 +374,7 @@ class Agent:
         return sub
 
     async def _pump(self, sub: Subscription, writer: asyncio.StreamWriter,
-                    eof: asyncio.Future) -> None:
+                    eof: asyncio.Future, op_events: bool = True) -> None:
         while True:
             wake = sub.wake_event      # type: ignore[attr-defined]
             waiter = asyncio.ensure_future(wake.wait())
@@ -392,6 +392,8 @@ class Agent:
             for msg in sub.poll():
                 if isinstance(msg, Goodbye):
                     continue                             # ours is sent below, at close
+                if not op_events and type(msg) is OpEvents:
+                    continue
                 writer.write(self._encode(msg))
             await writer.drain()
             if self._closing and sub._collector.finished and not sub._queue:

@@ -2,24 +2,23 @@
 
 ``OpEvents`` carries hundreds of thousands of event tuples a second, so it gets its own form:
 the events are grouped by event code (a stable sort, in C), each group becomes one packed
-little-endian ``array`` per column (``q`` for ints, ``d`` for floats, a ``u32`` index into a
+little-endian run per column (``q`` for ints, ``d`` for floats, a ``u32`` index into a
 per-batch string table for the error-name column), and a byte string of codes keeps the
-original order.  Decoding is ``array.frombytes`` per column and ``zip(*columns)`` per group --
+original order.  Decoding is one ``struct.unpack`` per column and ``zip(*columns)`` per group --
 C loops, no per-field Python work.  (Measured here: 1-3 M events/s each way; ~51 B/event.)
 
 A batch whose tuples do not fit the known layouts (a newer event code, a wrong width, an
 int beyond 64 bits, a non-str error) makes ``encode_packed`` return None and the caller falls
 back to the generic tagged encoding -- the packed form is an optimisation, never a limit.
 
-Traps: ``array`` is native-endian, so we byteswap on big-endian hosts; the code bytes and the
-column lengths come from the peer, so every ``take`` is bounds-checked and an unknown code or
+Traps: columns are explicitly little-endian (``struct`` "<"), whatever the host; the code
+bytes and the column lengths come from the peer, so every ``take`` is bounds-checked and an unknown code or
 an out-of-range string index is a ``ProtocolError``.  Layouts change only with the protocol
 version and ``docs/PROTOCOL.md``.
 """
 from __future__ import annotations
 
-import sys
-from array import array
+import struct
 from operator import itemgetter
 from typing import Any, Callable, Optional
 
@@ -39,16 +38,15 @@ _LAYOUTS: dict[int, str] = {
     EV_DISCARD: "qdqq",            # seq t | op_id nbytes
 }
 FORM_GENERIC, FORM_PACKED = 0, 1     # first payload byte of an OpEvents frame
-_BIG_ENDIAN_HOST = sys.byteorder == "big"
+_ITEM_SIZE = {"q": 8, "d": 8, "I": 4}
 _code_of = itemgetter(1)
 _ONLY_EMPTY = {""}
 
 
-def _column_bytes(typecode: str, column: tuple) -> bytes:
-    a = array(typecode, column)
-    if _BIG_ENDIAN_HOST:
-        a.byteswap()
-    return a.tobytes()
+def _column_bytes(typecode: str, column: Any) -> bytes:
+    # struct with an explicit count is ~2x faster than array() here, and explicitly
+    # little-endian on every host
+    return struct.pack(f"<{len(column)}{typecode}", *column)
 
 
 def encode_packed(events: list) -> Optional[bytes]:
@@ -91,7 +89,7 @@ def encode_packed(events: list) -> Optional[bytes]:
                     columns_out += _column_bytes("I", list(map(strings.__getitem__, col)))
                 else:
                     columns_out += _column_bytes(typecode, col)
-            except (OverflowError, TypeError):
+            except (OverflowError, TypeError, struct.error):
                 return None
     table = bytearray()
     encode_value(list(strings), table)
@@ -116,10 +114,7 @@ def decode_packed(r: _Reader) -> list[tuple]:
         cols: list = []
         for typecode in layout:
             tc = "I" if typecode == "s" else typecode
-            a = array(tc)
-            a.frombytes(r.take(count * a.itemsize))
-            if _BIG_ENDIAN_HOST:
-                a.byteswap()
+            a = struct.unpack(f"<{count}{tc}", r.take(count * _ITEM_SIZE[tc]))
             if typecode == "s":
                 if count and max(a) >= len(table):
                     raise ProtocolError("OpEvents string index out of range")

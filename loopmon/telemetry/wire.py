@@ -55,6 +55,7 @@ class ClientHello:
 
     token: str
     client: str = ""
+    op_events: bool = True      # False: the agent sends no OpEvents (saves it the encoding)
 
 
 @dataclass(frozen=True)

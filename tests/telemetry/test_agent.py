@@ -248,3 +248,22 @@ def test_private_permissions(children, runtime_dir):
     assert os.stat(runtime_dir).st_mode & 0o777 == 0o700
     assert os.stat(entry.endpoint[5:]).st_mode & 0o777 == 0o600
     assert os.stat(os.path.join(runtime_dir, f"{p.pid}.json")).st_mode & 0o777 == 0o600
+
+
+def test_client_can_opt_out_of_op_events(children):
+    p = children.workload("--duration", "30", "--fast")
+    wait_discovered(p.pid)
+
+    async def read(op_events):
+        c = await lmclient.connect(p.pid, op_events=op_events)
+        kinds = set()
+        n = 0
+        async for msg in c:
+            kinds.add(type(msg).__name__)
+            n += isinstance(msg, Sample)
+            if n >= 5:
+                break
+        await c.close()
+        return kinds
+    assert "OpEvents" not in run_async(read(False))
+    assert "OpEvents" in run_async(read(True))
