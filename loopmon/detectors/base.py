@@ -102,12 +102,12 @@ class AlertGate:
             if elapsed < self.config.min_refire_interval:
                 return None
             if magnitude > m0 and magnitude >= m0 * self.config.growth_factor:
-                reason = (f"fired again: evidence grew from {_fmt(m0)} to {_fmt(magnitude)}"
-                          f"{' ' + unit if unit else ''} since {elapsed:.1f} s ago")
+                reason = (f"fired again: evidence grew from {_fmt(m0, unit)} to "
+                          f"{_fmt(magnitude, unit)} in {elapsed:.1f} s")
             elif elapsed >= self.config.cooldown and (persistent or magnitude > m0):
                 reason = (f"repeated after the {self.config.cooldown:.0f} s cool-down"
                           + ("; still present" if persistent else
-                             f"; evidence now {_fmt(magnitude)}{' ' + unit if unit else ''}"))
+                             f"; evidence now {_fmt(magnitude, unit)}"))
         if reason is not None:
             self._last[key] = (now, magnitude)
         return reason
@@ -116,5 +116,8 @@ class AlertGate:
         self._last.pop(key, None)
 
 
-def _fmt(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:.3g}"
+def _fmt(x: float, unit: str = "") -> str:
+    if unit == "bytes":
+        return human_bytes(x)
+    text = str(int(x)) if float(x).is_integer() else f"{x:.3g}"
+    return f"{text} {unit}" if unit else text

