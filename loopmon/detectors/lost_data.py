@@ -21,6 +21,11 @@ Two signals
    allowed ``lost_gap_hold_per_reader`` bytes per fd that ran a receive recently (plus slack),
    and only a gap that stays above that bound for ``lost_gap_seconds`` — its *minimum* over the
    window, so normal traffic that dips back never counts — raises a warning.
+   A second trap: a program may *close* a paused transport; the data it held is then never
+   delivered, by the program's choice, and the gap keeps it forever (the demo ends that way).
+   If the monitor counts such bytes (``bytes_abandoned``, when the loop provides it) they are
+   taken out of the gap; otherwise the gap alert re-fires only when the gap has doubled, never
+   as a reminder, so slowly accumulated abandoned bytes cannot make it nag.
 Late completions that carried bytes and were *not* discarded are listed as evidence (bytes at
 risk) but are not an alert on their own: a correct backend delivers them.
 """
@@ -114,7 +119,8 @@ class LostDataDetector:
                     f"{human_bytes(discarded)} received from the OS were discarded, never "
                     f"delivered ({self.discard_events} cancelled receive(s) whose data had "
                     f"already arrived{which})", evidence, reason))
-        gap_alert = self._check_gap(now, received - delivered - discarded, evidence)
+        abandoned = getattr(monitor, "bytes_abandoned", 0) or 0
+        gap_alert = self._check_gap(now, received - delivered - discarded - abandoned, evidence)
         if gap_alert is not None:
             alerts.append(gap_alert)
         return alerts
@@ -135,7 +141,7 @@ class LostDataDetector:
         held_for = now - self._gap_since
         if held_for < cfg.lost_gap_seconds:
             return None
-        reason = self.gate.check("gap", gap, now, persistent=True, unit="bytes")
+        reason = self.gate.check("gap", gap, now, persistent=False, unit="bytes")
         if reason is None:
             return None
         ev = dict(evidence, gap_bytes=gap, gap_bound_bytes=bound, reader_fds=len(readers),

@@ -426,3 +426,18 @@ def test_leaked_buffer_scans_the_table_at_most_every_check_interval():
     time.sleep(0.06)
     assert tick(m, d, t0 + 0.1) == []      # leaked, but not scanned again yet
     assert len(tick(m, d, t0 + 0.2)) == 1
+
+
+def test_lost_data_gap_excludes_abandoned_bytes_and_does_not_nag():
+    cfg = dataclasses.replace(CFG, lost_gap_seconds=1.0, cooldown=5.0)
+    m = Monitor()
+    d = LostDataDetector(cfg)
+    t0 = time.monotonic()
+    m.op_inline(KIND_RECV, 10, 1 << 22, 1 << 22)
+    m.bytes_abandoned = 1 << 22      # a loop that counts bytes of transports closed while paused
+    assert all(tick(m, d, t0 + k * 0.1) == [] for k in range(30))
+    m.bytes_abandoned = 0            # a loop that does not: the gap fires once, then stays quiet
+    alerts = []
+    for k in range(200):
+        alerts += tick(m, d, t0 + 3 + k * 0.1)
+    assert len(alerts) == 1 and alerts[0].severity == "warning"
