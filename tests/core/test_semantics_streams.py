@@ -80,7 +80,8 @@ def test_large_transfer_both_ways_with_checksums(aloop, arun):
     size = 64 * 1024 * 1024
     chunk = 1024 * 1024
     up = os.urandom(chunk)   # the stream is the chunk repeated with a varying counter prefix
-    results: dict[str, str] = {}
+    results: dict[str, tuple] = {}
+    server_done = None
 
     def stream(tag: bytes):
         for i in range(size // chunk):
@@ -110,13 +111,17 @@ def test_large_transfer_both_ways_with_checksums(aloop, arun):
     async def handler(reader, writer):
         (n, h), _ = await asyncio.gather(sink(reader), source(writer, b"D"))
         results["server_got"] = (n, h)
+        server_done.set_result(None)
         writer.close()
 
     async def main():
+        nonlocal server_done
+        server_done = asyncio.get_running_loop().create_future()
         server = await asyncio.start_server(handler, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         (n, h), _ = await asyncio.gather(sink(reader), source(writer, b"U"))
+        await server_done                 # the server may still be reading our last bytes
         writer.close()
         await writer.wait_closed()
         server.close()
@@ -157,14 +162,15 @@ def test_half_close_client_write_eof_then_server_replies(aloop, arun):
 
 def test_half_close_server_side_first(aloop, arun):
     """The server sends and shuts down its side; the client keeps sending after seeing EOF."""
-    async def handler(reader, writer):
-        writer.write(b"hello")
-        writer.write_eof()
-        data = await reader.read()
-        writer.close()
-        assert data == b"after-eof" * 1000
-
     async def main():
+        got = asyncio.get_running_loop().create_future()
+
+        async def handler(reader, writer):
+            writer.write(b"hello")
+            writer.write_eof()
+            got.set_result(await reader.read())
+            writer.close()
+
         server = await asyncio.start_server(handler, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -172,6 +178,7 @@ def test_half_close_server_side_first(aloop, arun):
         writer.write(b"after-eof" * 1000)
         await writer.drain()
         writer.write_eof()
+        assert await asyncio.wait_for(got, 30) == b"after-eof" * 1000
         writer.close()
         await writer.wait_closed()
         server.close()
