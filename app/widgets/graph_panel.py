@@ -121,7 +121,12 @@ class GraphPanel(QWidget):
         for graph in self.graphs:
             graph.refresh(rows, model)
             graph.refresh_alerts(model)
-        if self.paused or not len(rows):
+        if not len(rows):
+            return
+        if self.paused:
+            lo, hi = self.x_range()
+            for graph in self.graphs:
+                graph.fit_y(lo, hi)
             return
         right = max(model.now_x(), float(rows[-1, 0]))
         first = float(model.series(None)[0, 0]) if window is None else float(rows[0, 0])
@@ -136,6 +141,8 @@ class GraphPanel(QWidget):
             self.graphs[0].setXRange(left, right, padding=0)
         finally:
             self._applying_range = False
+        for graph in self.graphs:
+            graph.fit_y(left, right)
 
     def x_range(self) -> tuple[float, float]:
         (lo, hi), _ = self.graphs[0].plot_item.vb.viewRange()

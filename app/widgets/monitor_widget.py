@@ -40,7 +40,7 @@ class LoopMonitorWidget(QWidget):
     #: emitted after each frame; the status bar listens
     frameDrawn = Signal()
 
-    def __init__(self, parent: Optional[QWidget] = None, *, frame_ms: int = 33,
+    def __init__(self, parent: Optional[QWidget] = None, *, frame_ms: int = 30,
                  table_ms: int = 100) -> None:
         super().__init__(parent)
         self.model = SessionModel()
