@@ -106,6 +106,7 @@ async def main():
     t0 = time.perf_counter()
     await asyncio.gather(*[client(port, ROUNDS) for _ in range(N_CONNS)])
     print(time.perf_counter() - t0, flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)   # CPU sampled
     srv.close()
 if sys.argv[4] == "direct":
     import loopmon
@@ -145,7 +146,9 @@ class _StreamingClient(threading.Thread):
         asyncio.run(main())
 
 
-def _echo_once(script: str, variant: str, rounds: int, runtime_dir: str) -> tuple[float, int]:
+def _echo_once(script: str, variant: str, rounds: int,
+               runtime_dir: str) -> tuple[float, int, float, float, float]:
+    """-> (elapsed, events streamed, loop-thread CPU s, other threads' CPU s, client CPU s)"""
     if variant == "no agent":
         cmd = [sys.executable, script, str(N_CONNS), str(PAYLOAD), str(rounds), "direct"]
     else:
@@ -165,13 +168,26 @@ def _echo_once(script: str, variant: str, rounds: int, runtime_dir: str) -> tupl
             streamer.start()
             streamer.connected.wait(10)
             time.sleep(0.2)                  # past the backlog
+        import psutil
+        child = psutil.Process(p.pid)
+        cpu0 = {t.id: t.user_time + t.system_time for t in child.threads()}
+        me0 = time.thread_time() if streamer is None else 0.0
+        own0 = psutil.Process().cpu_times()
         p.stdin.write("go\n")
         p.stdin.flush()
         elapsed = float(p.stdout.readline())
+        cpu1 = {t.id: t.user_time + t.system_time for t in child.threads()}
+        own1 = psutil.Process().cpu_times()
+        loop_cpu = cpu1.get(p.pid, 0.0) - cpu0.get(p.pid, 0.0)
+        other_cpu = sum(v - cpu0.get(k, 0.0) for k, v in cpu1.items() if k != p.pid)
+        client_cpu = (own1.user + own1.system - own0.user - own0.system) if streamer else 0.0
+        del me0
+        p.stdin.write("quit\n")
+        p.stdin.flush()
         p.wait(60)
         if streamer is not None:
             streamer.join(10)
-        return elapsed, streamer.events if streamer else 0
+        return elapsed, streamer.events if streamer else 0, loop_cpu, other_cpu, client_cpu
     finally:
         if p.poll() is None:
             p.kill()
@@ -182,16 +198,19 @@ def bench_echo(rounds: int, per_conn: int) -> dict[str, list[float]]:
     script = os.path.join(runtime_dir, "echo_child.py")
     Path(script).write_text(ECHO_CHILD)
     variants = ["no agent", "agent, no client", "agent + client"]
-    times: dict[str, list[float]] = {v: [] for v in variants}
+    times: dict[str, list] = {v: [] for v in variants}
+    cpu: dict[str, list] = {v: [] for v in variants}
     streamed = []
     for r in range(rounds):
         order = variants if r % 2 == 0 else variants[::-1]
         for v in order:
-            t, n = _echo_once(script, v, per_conn, runtime_dir)
+            t, n, loop_cpu, other_cpu, client_cpu = _echo_once(script, v, per_conn, runtime_dir)
             times[v].append(t)
+            cpu[v].append((loop_cpu, other_cpu, client_cpu))
             if n:
                 streamed.append(n / t)
     times["_streamed_events_per_s"] = streamed
+    times["_cpu"] = cpu
     return times
 
 
@@ -253,6 +272,15 @@ def main() -> None:
         print(f"| echo {N_CONNS} x 1 KiB, {v} (median of {args.rounds}) | "
               f"{n_msgs / med[v]:,.0f} round trips/s, {ratio:.3f}x time of 'agent, no client' "
               f"| {goal} |")
+    cpu = times["_cpu"]
+    for v in ("no agent", "agent, no client", "agent + client"):
+        loop_c = statistics.median(c[0] for c in cpu[v])
+        other_c = statistics.median(c[1] for c in cpu[v])
+        client_c = statistics.median(c[2] for c in cpu[v])
+        print(f"| CPU per 1000 round trips, {v} | loop thread {1e3 * loop_c / n_msgs * 1e3:.1f} ms, "
+              f"telemetry threads {1e3 * other_c / n_msgs * 1e3:.1f} ms"
+              + (f", client process {1e3 * client_c / n_msgs * 1e3:.1f} ms" if client_c else "")
+              + " | |")
     if times["_streamed_events_per_s"]:
         print(f"| events streamed to the client during echo | "
               f"{statistics.median(times['_streamed_events_per_s']):,.0f} events/s | |",

@@ -138,6 +138,7 @@ class Agent:
         self._subs: set[Subscription] = set()
         self._discovery_written = False
         self._recorder: Any = None
+        self._pid = os.getpid()
 
     # ---------------------------------------------------------------- public
     @property
@@ -150,6 +151,14 @@ class Agent:
         """Bind the sockets (errors raise here, synchronously) and start serving."""
         if self._thread is not None:
             return self
+        self._pid = os.getpid()
+        if self._record_path:
+            from .recording import RecordingWriter
+            try:
+                self._recorder = RecordingWriter(self._record_path, max_bytes=self._record_max)
+            except OSError as exc:
+                raise AgentError(f"cannot write the recording {self._record_path}: "
+                                 f"{exc.strerror or exc}") from exc
         ready = threading.Event()
         failure: list[BaseException] = []
         self._loop = asyncio.SelectorEventLoop()       # plain asyncio, whatever the policy
@@ -177,21 +186,23 @@ class Agent:
             self._thread.join()
             self._thread = None
             exc = failure[0]
+            if self._recorder is not None:
+                self._recorder.close("agent failed to start")
             if isinstance(exc, OSError):
                 where = (format_tcp_endpoint(*self._tcp_addr) if self._tcp_addr
                          else str(discovery.runtime_dir()))
                 raise AgentError(f"cannot serve telemetry on {where}: "
                                  f"{exc.strerror or exc}") from exc
             raise exc
-        if self._record_path:
-            from .recording import RecordingWriter
-            self._recorder = RecordingWriter(self._record_path, max_bytes=self._record_max)
+        if self._recorder is not None:
             asyncio.run_coroutine_threadsafe(self._start_recording(), self._loop)
         return self
 
     def attach(self, monitor: Monitor) -> Collector:
         """Serve ``monitor`` from now on (thread-safe; call from any thread)."""
         col = Collector.for_monitor(monitor, sample_period=self.sample_period, argv=self.argv)
+        if os.getpid() != self._pid:
+            return col          # a forked child: the agent (and its socket) is the parent's
         col.start()
         self.collector = col
         if self._want_discovery and self._thread is not None:
@@ -208,8 +219,8 @@ class Agent:
 
     def close(self, reason: str = "program exited", timeout: float = 2.0) -> None:
         """Flush, say Goodbye to every client, stop serving and remove socket + discovery file."""
-        if self._closed:
-            return
+        if self._closed or os.getpid() != self._pid:
+            return              # closed already, or a forked child: the files are the parent's
         self._closed = True
         self._close_reason = reason
         self._closing = True           # before the collector's Goodbye reaches the sessions

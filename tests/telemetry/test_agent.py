@@ -267,3 +267,27 @@ def test_client_can_opt_out_of_op_events(children):
         return kinds
     assert "OpEvents" not in run_async(read(False))
     assert "OpEvents" in run_async(read(True))
+
+
+def test_agent_in_a_forked_child_does_nothing(runtime_dir):
+    from loopmon.monitor import Monitor
+    from loopmon.telemetry.agent import Agent
+    agent = Agent(sample_period=0.05).start()
+    try:
+        agent.attach(Monitor(backend="selector"))
+        sock = agent.unix_path
+        pid = os.fork()
+        if pid == 0:                                  # the child: both calls must be no-ops
+            try:
+                agent.attach(Monitor(backend="selector"))
+                agent.close("child exiting")
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        assert os.path.exists(sock)
+        assert sorted(os.listdir(runtime_dir)) == sorted([f"{os.getpid()}.json",
+                                                          f"{os.getpid()}.sock"])
+        assert run_async(lmclient.connect(os.getpid())).hello.pid == os.getpid()
+    finally:
+        agent.close()
+    assert os.listdir(runtime_dir) == []

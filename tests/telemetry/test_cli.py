@@ -182,3 +182,43 @@ def test_serve_from_code(tmp_path, children, runtime_dir):
     assert isinstance(msgs[1], History) and isinstance(msgs[-1], Goodbye)
     assert p.wait(10) == 0
     assert os.listdir(runtime_dir) == []
+
+
+def test_record_to_unwritable_path_is_a_one_line_error(tmp_path, runtime_dir):
+    r = _loopmon("run", "--record", str(tmp_path / "no" / "such" / "dir.lmrec"), str(WORKLOAD),
+                 "--duration", "0.1")
+    assert r.returncode == 1 and r.stderr.startswith("loopmon run: cannot write the recording")
+    assert len(r.stderr.splitlines()) == 1 and "ready" not in r.stdout
+
+
+def test_forked_child_leaves_the_parents_agent_alone(tmp_path, children, runtime_dir):
+    """A forked child (multiprocessing 'fork') runs its own asyncio.run and exits: the
+    parent's socket and discovery file must survive, and the parent stays reachable."""
+    from loopmon import client as lmclient
+    from telemetry_helpers import run_async
+    script = tmp_path / "forker.py"
+    script.write_text(
+        "import asyncio, os, sys\n"
+        "async def child():\n"
+        "    await asyncio.sleep(0.1)\n"
+        "async def main():\n"
+        "    await asyncio.sleep(0.3)\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        asyncio.run(child())\n"
+        "        import atexit; atexit._run_exitfuncs()\n"
+        "        os._exit(0)\n"
+        "    os.waitpid(pid, 0)\n"
+        "    print('ready', flush=True)\n"
+        "    await asyncio.sleep(30)\n"
+        "asyncio.run(main())\n")
+    p = children.loopmon("run", str(script))
+    assert p.stdout.readline().strip() == "ready"
+    entry = wait_discovered(p.pid)
+    assert os.path.exists(entry.endpoint[5:])
+
+    async def hello():
+        c = await lmclient.connect(p.pid)
+        await c.close()
+        return c.hello
+    assert run_async(hello()).pid == p.pid
