@@ -17,6 +17,10 @@ Traps:
   ``release_shared_loop()`` undoes it; the GUI tests call it in teardown.
 * The shared loop is created on first ``attach()``, never at import: importing the widgets has
   no application-wide side effect.
+* An app that made a ``qasync.QEventLoop`` its thread's loop but calls ``attach()`` before
+  ``run_forever()`` gets *that* loop (the task starts when it runs), not a second one: two
+  qasync loops in one thread hand futures to each other and fail with "attached to a
+  different loop".
 """
 from __future__ import annotations
 
@@ -34,8 +38,15 @@ def qt_asyncio_loop() -> asyncio.AbstractEventLoop:
     running = asyncio._get_running_loop()
     if running is not None:
         return running
+    import qasync   # after PySide6, so qasync binds to it
+    # a qasync loop set for this thread but not started yet (app code that attaches before
+    # run_forever): tasks created on it now run once it starts.  Read without get_event_loop(),
+    # which would create a loop as a side effect.
+    local = getattr(asyncio.get_event_loop_policy(), "_local", None)
+    pending = getattr(local, "_loop", None)
+    if isinstance(pending, qasync.QEventLoop) and not pending.is_closed():
+        return pending
     if _shared is None or _shared.is_closed():
-        import qasync   # after PySide6, so qasync binds to it
         app = QApplication.instance()
         if app is None:
             raise RuntimeError("create a QApplication before attaching a LoopMonitorWidget")

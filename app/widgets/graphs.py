@@ -21,6 +21,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
+from PySide6.QtWidgets import QSizePolicy
 
 from app.model.session import COL, KIND_COLUMNS
 from app.widgets.axes import ByteAxis, CountAxis, TimeAxis
@@ -91,6 +92,9 @@ class TimeSeriesGraph(pg.PlotWidget):
             self.plot_item.getAxis("right").setPen(pg.mkPen(None))
         self.plot_item.showGrid(x=True, y=True, alpha=grid_alpha(self))
         self._fg = fg
+        # a long title must not squeeze the axes: let it be clipped instead of widening its column
+        self.plot_item.titleLabel.setSizePolicy(QSizePolicy.Policy.Ignored,
+                                                QSizePolicy.Policy.Preferred)
         self.update_title()
 
     def update_title(self) -> None:
@@ -99,6 +103,13 @@ class TimeSeriesGraph(pg.PlotWidget):
             for name, colour, glyph in self.legend_entries)
         self.plot_item.setTitle(f"<b>{self.title}</b>&nbsp;&nbsp;&nbsp;&nbsp;{legend}",
                                 color=self._fg.name(), size="9pt")
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+        # pyqtgraph sizes a hidden axis to 0 px and does not redo it when shown: fix the
+        # widths again now, so the four graphs' plot areas line up
+        super().showEvent(event)
+        self.plot_item.getAxis("left").setWidth(LEFT_AXIS_WIDTH)
+        self.plot_item.getAxis("right").setWidth(RIGHT_AXIS_WIDTH)
 
     def show_time_labels(self, show: bool) -> None:
         axis = self.plot_item.getAxis("bottom")
@@ -173,7 +184,8 @@ class TimeSeriesGraph(pg.PlotWidget):
                 span = max(1.0, abs(hi) * 0.1)
                 hi = lo + span
             pad = span * 0.08
-            target = (lo if from_zero and lo == 0.0 else lo - pad, hi + pad)
+            # from zero: a sliver below 0 so the "0" tick label is drawn
+            target = (-span * 0.03 if from_zero and lo == 0.0 else lo - pad, hi + pad)
             if self._y_ranges.get(id(vb)) != target:
                 self._y_ranges[id(vb)] = target
                 vb.setYRange(*target, padding=0)
@@ -199,7 +211,7 @@ class TimeSeriesGraph(pg.PlotWidget):
 class OutstandingOpsGraph(TimeSeriesGraph):
     """In-flight ops, stacked by kind."""
 
-    title = "Outstanding operations (stacked by kind)"
+    title = "Outstanding operations by kind"
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent, left_axis=CountAxis("left"))
@@ -233,14 +245,14 @@ class OutstandingOpsGraph(TimeSeriesGraph):
 class MemoryGraph(TimeSeriesGraph):
     """Process RSS (left axis) and bytes held in op buffers (right axis)."""
 
-    title = "Memory: process RSS and op buffer bytes"
+    title = "Memory"
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent, left_axis=ByteAxis("left"), right_axis=ByteAxis("right"))
         self.left_from_zero = False        # RSS: show its movement, not its distance from 0
         self.rss = self._line(SERIES_COLOURS["rss"], "RSS (left)", width=1.8)
         buf_colour = QColor(SERIES_COLOURS["buffer_bytes"])
-        self.buffers = self._line(buf_colour.name(), "buffer bytes (right)", right=True,
+        self.buffers = self._line(buf_colour.name(), "op buffer bytes (right)", right=True,
                                   fill=blend(buf_colour, plot_background(self), 0.7))
 
     def refresh(self, rows: np.ndarray, model) -> None:
@@ -255,15 +267,15 @@ class MemoryGraph(TimeSeriesGraph):
 class ReceivedDataGraph(TimeSeriesGraph):
     """Cumulative bytes received from the OS vs delivered to protocols, and the receive rate."""
 
-    title = "Received data (cumulative) and receive rate"
+    title = "Received data"
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent, left_axis=ByteAxis("left"),
                          right_axis=ByteAxis("right", suffix="/s"))
         rate_colour = QColor(SERIES_COLOURS["recv_rate"])
-        self.rate = self._line(rate_colour.name(), "rate (right)", width=1.0, right=True,
+        self.rate = self._line(rate_colour.name(), "receive rate (right)", width=1.0, right=True,
                                fill=blend(rate_colour, plot_background(self), 0.75))
-        self.received = self._line(SERIES_COLOURS["received"], "received", width=2.4)
+        self.received = self._line(SERIES_COLOURS["received"], "received (cumulative)", width=2.4)
         self.delivered = self._line(SERIES_COLOURS["delivered"], "delivered", width=1.6,
                                     dash=True)
 

@@ -21,6 +21,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QRectF
 from PySide6.QtGui import QColor, QPainter
+from PySide6.QtWidgets import QSizePolicy
 
 from app.model.ops import SPAN_NAMES, SPAN_PENDING, Span
 from app.widgets.axes import TimeAxis
@@ -130,6 +131,8 @@ class OperationTimeline(pg.PlotWidget):
         self._cancel_ticks.setPen(pg.mkPen(fg, width=1.2))
         self._cancel_ticks.setBrush(fg)
         self._fg = fg
+        self.plot_item.titleLabel.setSizePolicy(QSizePolicy.Policy.Ignored,
+                                                QSizePolicy.Policy.Preferred)
         self._set_title()
 
     def _set_title(self) -> None:
