@@ -12,30 +12,25 @@ leaves to Windows' subclass or does not have at all:
   ``selector_events`` does; signals, subprocesses, pipes and Unix sockets come from
   ``PosixExtrasMixin`` (``loopmon.unix_extras``);
 * every ``sock_*`` method with asyncio's own argument checks and, when instrumented,
-  delivered-bytes accounting for what they return (transports count theirs in
-  ``loopmon.transports``);
+  delivered-bytes accounting for what they return (``loopmon.loop_methods``; transports
+  count theirs in ``loopmon.transports``);
 * **loop lag**: while running instrumented, a timer every ``lag_interval`` seconds measures
   how late it fires and records it with ``Monitor.record_lag``.
 
-``instrument=False`` gives the same loop with no monitor (``loop.monitor is None``) and the
-stdlib transports, for honest comparisons.
+``instrument=False`` gives the same loop, same transports, with no monitor
+(``loop.monitor is None``), for honest comparisons.
 """
 from __future__ import annotations
 
 import signal
-import socket
 import threading
-from asyncio import base_events, events, exceptions, proactor_events, sslproto
+from asyncio import events, exceptions, proactor_events
 from typing import Any, Iterable, Optional
 
 from .backends.selector import SelectorProactor
+from .loop_methods import ProactorLoopMethodsMixin
 from .monitor import Monitor
-from .transports import SocketTransport
 from .unix_extras import PosixExtrasMixin
-
-_ProactorSocketTransport = proactor_events._ProactorSocketTransport
-_check_ssl_socket = base_events._check_ssl_socket
-_HAS_IPv6 = hasattr(socket, "AF_INET6")
 _IS_MAIN_THREAD = threading.main_thread
 
 
@@ -59,7 +54,8 @@ def _current_wakeup_fd() -> int:
     return fd
 
 
-class ProactorEventLoop(PosixExtrasMixin, proactor_events.BaseProactorEventLoop):
+class ProactorEventLoop(PosixExtrasMixin, ProactorLoopMethodsMixin,
+                        proactor_events.BaseProactorEventLoop):
     """A complete, optionally instrumented asyncio proactor event loop for POSIX."""
 
     def __init__(self, proactor: Any = None, *, instrument: bool = True,
@@ -73,7 +69,6 @@ class ProactorEventLoop(PosixExtrasMixin, proactor_events.BaseProactorEventLoop)
         self._child_pidfds: dict = {}
         self._lag_interval = lag_interval
         self._lag_handle: Optional[events.TimerHandle] = None
-        self._socket_transport = _ProactorSocketTransport if self.monitor is None else SocketTransport
         main = threading.current_thread() is _IS_MAIN_THREAD()
         previous_wakeup_fd = _current_wakeup_fd() if main else -1
         super().__init__(proactor)
@@ -144,18 +139,6 @@ class ProactorEventLoop(PosixExtrasMixin, proactor_events.BaseProactorEventLoop)
         if main and wakeup_fd not in (-1, own_fd):
             signal.set_wakeup_fd(wakeup_fd)     # it belongs to another loop: leave it be
 
-    # ------------------------------------------------------------------ transports
-    def _make_socket_transport(self, sock, protocol, waiter=None, extra=None, server=None):
-        return self._socket_transport(self, sock, protocol, waiter, extra, server)
-
-    def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *,
-                            server_side=False, server_hostname=None, extra=None,
-                            server=None, **timeouts):
-        ssl_protocol = sslproto.SSLProtocol(self, protocol, sslcontext, waiter, server_side,
-                                            server_hostname, **timeouts)
-        self._socket_transport(self, rawsock, ssl_protocol, extra=extra, server=server)
-        return ssl_protocol._app_transport
-
     # ------------------------------------------------------------------ add_reader/add_writer
     def add_reader(self, fd: Any, callback, *args) -> None:
         self._check_closed()
@@ -176,68 +159,3 @@ class ProactorEventLoop(PosixExtrasMixin, proactor_events.BaseProactorEventLoop)
         if self.is_closed():
             return False
         return self._proactor.remove_handle(_fileobj_to_fd(fd), True)
-
-    # ------------------------------------------------------------------ sock_* methods
-    def _check_sock(self, sock: Any) -> None:
-        _check_ssl_socket(sock)
-        if self._debug and sock.gettimeout() != 0:
-            raise ValueError("the socket must be non-blocking")
-        self._check_closed()
-
-    async def sock_recv(self, sock, n):
-        self._check_sock(sock)
-        data = await self._proactor.recv(sock, n)
-        mon = self.monitor
-        if mon is not None:
-            mon.delivered(len(data))
-        return data
-
-    async def sock_recv_into(self, sock, buf):
-        self._check_sock(sock)
-        nbytes = await self._proactor.recv_into(sock, buf)
-        mon = self.monitor
-        if mon is not None:
-            mon.delivered(nbytes)
-        return nbytes
-
-    async def sock_recvfrom(self, sock, bufsize):
-        self._check_sock(sock)
-        res = await self._proactor.recvfrom(sock, bufsize)
-        mon = self.monitor
-        if mon is not None:
-            mon.delivered(len(res[0]))
-        return res
-
-    async def sock_recvfrom_into(self, sock, buf, nbytes=0):
-        self._check_sock(sock)
-        if not nbytes:
-            nbytes = len(buf)
-        res = await self._proactor.recvfrom_into(sock, buf, nbytes)
-        mon = self.monitor
-        if mon is not None:
-            mon.delivered(res[0])
-        return res
-
-    async def sock_sendall(self, sock, data):
-        self._check_sock(sock)
-        await self._proactor.send(sock, data)
-
-    async def sock_sendto(self, sock, data, address):
-        self._check_sock(sock)
-        return await self._proactor.sendto(sock, data, 0, address)
-
-    async def sock_connect(self, sock, address):
-        self._check_sock(sock)
-        if sock.family == socket.AF_INET or (_HAS_IPv6 and sock.family == socket.AF_INET6):
-            resolved = await self._ensure_resolved(
-                address, family=sock.family, type=sock.type, proto=sock.proto, loop=self)
-            _, _, _, _, address = resolved[0]
-        await self._proactor.connect(sock, address)
-
-    async def sock_accept(self, sock):
-        self._check_sock(sock)
-        return await self._proactor.accept(sock)
-
-    async def _sock_sendfile_native(self, sock, file, offset, count):
-        self._check_closed()
-        return await super()._sock_sendfile_native(sock, file, offset, count)

@@ -12,11 +12,14 @@ loss shows up, so the count must be taken at the moment of hand-over and not bef
 * The datagram transport delivers in a ``finally`` clause of ``_loop_reading``; we work out
   beforehand whether that call will deliver (the same conditions it checks) and count then.
 
-The classes are only used by an instrumented loop; a bare loop uses the stdlib transports
-unchanged.  ``WritePipeTransport`` is used by both: the stdlib version learns that the
-reader of a write pipe went away from a 16-byte ``recv`` on the write end, which works on a
-Windows named pipe but not on a POSIX pipe, so it asks the backend for
-``wait_pipe_closed`` instead.
+Two POSIX fixes ride along, for bare and instrumented loops alike (a bare loop has
+``loop.monitor is None`` and counts nothing):
+
+* ``_call_connection_lost`` calls ``sock.shutdown()``, which raises ``ENOTCONN`` on POSIX
+  for unconnected UDP sockets and torn-down TCP connections; see ``_ShutdownTolerantSocket``.
+* The stdlib write-pipe transport learns that the reader of a write pipe went away from a
+  16-byte ``recv`` on the write end, which works on a Windows named pipe but not on a POSIX
+  pipe, so ``WritePipeTransport`` asks the backend for ``wait_pipe_closed`` instead.
 """
 from __future__ import annotations
 
@@ -25,6 +28,44 @@ from asyncio import proactor_events
 _ReadPipe = proactor_events._ProactorReadPipeTransport
 _read_pipe_data_received = _ReadPipe._data_received
 _datagram_loop_reading = proactor_events._ProactorDatagramTransport._loop_reading
+
+
+class _ShutdownTolerantSocket:
+    """Stands in for the socket during ``_call_connection_lost``: a failing shutdown is ignored.
+
+    The stdlib proactor transport calls ``sock.shutdown(SHUT_RDWR)`` before closing (a
+    Windows cure for ``ERROR_NETNAME_DELETED``).  On POSIX that raises ``ENOTCONN`` for an
+    unconnected UDP socket or a TCP connection the peer already tore down -- and the raise
+    skips ``sock.close()`` and the server detach, so ``Server.wait_closed()`` would hang.
+    """
+
+    __slots__ = ("_sock",)
+
+    def __init__(self, sock):
+        self._sock = sock
+
+    def shutdown(self, how):
+        try:
+            self._sock.shutdown(how)
+        except OSError:
+            pass
+
+    def fileno(self):
+        return self._sock.fileno()
+
+    def close(self):
+        self._sock.close()
+
+
+class _TolerantCloseMixin:
+    __slots__ = ()
+
+    def _call_connection_lost(self, exc):
+        sock = self._sock
+        if (not self._called_connection_lost and sock is not None
+                and hasattr(sock, "shutdown")):
+            self._sock = _ShutdownTolerantSocket(sock)
+        super()._call_connection_lost(exc)
 
 
 class _CountDeliveredMixin:
@@ -40,15 +81,17 @@ class _CountDeliveredMixin:
         _read_pipe_data_received(self, data, length)
 
 
-class SocketTransport(_CountDeliveredMixin, proactor_events._ProactorSocketTransport):
+class SocketTransport(_CountDeliveredMixin, _TolerantCloseMixin,
+                      proactor_events._ProactorSocketTransport):
     """``_ProactorSocketTransport`` + delivered-bytes accounting."""
 
 
-class ReadPipeTransport(_CountDeliveredMixin, proactor_events._ProactorReadPipeTransport):
+class ReadPipeTransport(_CountDeliveredMixin, _TolerantCloseMixin,
+                        proactor_events._ProactorReadPipeTransport):
     """``_ProactorReadPipeTransport`` + delivered-bytes accounting."""
 
 
-class DatagramTransport(proactor_events._ProactorDatagramTransport):
+class DatagramTransport(_TolerantCloseMixin, proactor_events._ProactorDatagramTransport):
     """``_ProactorDatagramTransport`` + delivered-bytes accounting."""
 
     def _loop_reading(self, fut=None):
@@ -63,7 +106,7 @@ class DatagramTransport(proactor_events._ProactorDatagramTransport):
         _datagram_loop_reading(self, fut)
 
 
-class WritePipeTransport(proactor_events._ProactorBaseWritePipeTransport):
+class WritePipeTransport(_TolerantCloseMixin, proactor_events._ProactorBaseWritePipeTransport):
     """Write pipe whose reader-closed detection works on POSIX pipes.
 
     Same as ``_ProactorWritePipeTransport`` except for how the pending "closed" read is made.

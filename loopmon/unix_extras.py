@@ -37,7 +37,6 @@ import sys
 import threading
 import warnings
 from asyncio import unix_events
-from asyncio.proactor_events import _ProactorReadPipeTransport as _ProactorReadPipe
 from typing import Any
 
 from .transports import DatagramTransport, ReadPipeTransport, WritePipeTransport
@@ -107,16 +106,13 @@ class PosixExtrasMixin:
     # --- pipes ---------------------------------------------------------------------------
     def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
         _check_pipe(pipe, writer=False)
-        cls = ReadPipeTransport if self.monitor is not None else _ProactorReadPipe
-        return cls(self, pipe, protocol, waiter, extra)
+        return ReadPipeTransport(self, pipe, protocol, waiter, extra)
 
     def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
         _check_pipe(pipe, writer=True)
         return WritePipeTransport(self, pipe, protocol, waiter, extra)
 
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
-        if self.monitor is None:
-            return super()._make_datagram_transport(sock, protocol, address, waiter, extra)
         return DatagramTransport(self, sock, protocol, address, waiter, extra)
 
     # --- subprocesses --------------------------------------------------------------------

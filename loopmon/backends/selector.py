@@ -94,7 +94,8 @@ class _PendingOp(asyncio.Future):
 class _FdWaiters:
     """Everything waiting on one fd: queued ops per direction and the loop's reader/writer."""
 
-    __slots__ = ("fd", "obj", "readers", "writers", "reader_handle", "writer_handle", "mask")
+    __slots__ = ("fd", "obj", "readers", "writers", "reader_handle", "writer_handle", "mask",
+                 "drained")
 
     def __init__(self, fd: int, obj: Any) -> None:
         self.fd = fd
@@ -104,6 +105,7 @@ class _FdWaiters:
         self.reader_handle: Optional[asyncio.Handle] = None
         self.writer_handle: Optional[asyncio.Handle] = None
         self.mask = 0                   # what the selector currently watches
+        self.drained = False            # the last pending receive left the socket empty
 
 
 def _fileno_or_none(obj: Any) -> Optional[int]:
@@ -144,6 +146,9 @@ class SelectorProactor:
     def recv(self, conn: Any, nbytes: int, flags: int = 0) -> asyncio.Future:
         if isinstance(conn, _socket):
             kind = KIND_RECV
+            st = self._fds.get(conn.fileno())
+            if st is not None and st.drained and st.obj is conn:
+                return self._pend(KIND_RECV, conn, None, nbytes, flags, False, self.monitor)
             try:
                 data = conn.recv(nbytes, flags)
             except _WOULD_BLOCK:
@@ -178,6 +183,10 @@ class SelectorProactor:
     def recv_into(self, conn: Any, buf: Any, flags: int = 0) -> asyncio.Future:
         if isinstance(conn, _socket):
             kind = KIND_RECV_INTO
+            st = self._fds.get(conn.fileno())
+            if st is not None and st.drained and st.obj is conn:
+                # the last receive emptied the socket: don't pay for a doomed syscall
+                return self._pend(KIND_RECV_INTO, conn, buf, len(buf), flags, False, self.monitor)
             try:
                 n = conn.recv_into(buf, 0, flags)
             except _WOULD_BLOCK:
@@ -370,27 +379,31 @@ class SelectorProactor:
             st = key.data
             want = st.mask
             if events & _READ:
+                handle = st.reader_handle
                 if st.readers:
                     self._run_readers(st)
-                handle = st.reader_handle
+                elif handle is None:
+                    want &= ~_READ      # readiness with nobody waiting: stop watching
                 if handle is not None:
                     if handle._cancelled:
                         st.reader_handle = None
+                        if not st.readers:
+                            want &= ~_READ
                     else:
                         add_callback(handle)
-                if not st.readers and st.reader_handle is None:
-                    want &= ~_READ      # readiness with nobody waiting: stop watching
             if events & _WRITE:
+                handle = st.writer_handle
                 if st.writers:
                     self._run_writers(st)
-                handle = st.writer_handle
+                elif handle is None:
+                    want &= ~_WRITE
                 if handle is not None:
                     if handle._cancelled:
                         st.writer_handle = None
+                        if not st.writers:
+                            want &= ~_WRITE
                     else:
                         add_callback(handle)
-                if not st.writers and st.writer_handle is None:
-                    want &= ~_WRITE
             if want != st.mask:
                 self._set_mask(st, want)
         return _NO_EVENTS
@@ -404,9 +417,11 @@ class SelectorProactor:
             try:
                 if kind == KIND_RECV_INTO:
                     res = nbytes = obj.recv_into(op._lm_buf, 0, op._lm_arg)
+                    st.drained = 0 < nbytes < op._lm_n
                 elif kind == KIND_RECV:
                     res = obj.recv(op._lm_n, op._lm_arg)
                     nbytes = len(res)
+                    st.drained = 0 < nbytes < op._lm_n
                 elif kind == KIND_READ_PIPE:
                     if op._lm_buf is None:
                         res = os.read(st.fd, op._lm_n)
@@ -428,6 +443,7 @@ class SelectorProactor:
                     res = b""
                     nbytes = 0
             except _WOULD_BLOCK:
+                st.drained = False      # readiness lied (or another reader won): try inline next
                 return
             except BaseException as exc:
                 q.popleft()
@@ -510,11 +526,12 @@ class SelectorProactor:
         op._lm_arg = arg
         op._lm_done = 0
         if mon is not None:
-            rec = op._lm_rec = mon.op_start(kind, fd, n)
             if kind in RECEIVE_KINDS:
-                mon.buffer_pin(rec, n)
+                op._lm_rec = mon.op_start_pinned(kind, fd, n, n)
             elif buf is not None:
-                mon.buffer_pin(rec, len(buf))
+                op._lm_rec = mon.op_start_pinned(kind, fd, n, len(buf))
+            else:
+                op._lm_rec = mon.op_start(kind, fd, n)
         else:
             op._lm_rec = None
         if write:

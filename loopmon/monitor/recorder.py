@@ -153,6 +153,33 @@ class Monitor:
             self._note_error(exc)
             return None
 
+    def op_start_pinned(self, kind: int, fd: int, requested: int,
+                        size: int) -> Optional[OpRecord]:
+        """``op_start`` + ``buffer_pin(rec, size)`` in one call and one clock read.
+
+        The hot path of a pending receive; emits exactly the same two events.
+        """
+        try:
+            t = _monotonic()
+            op_id = next(self._op_ids)
+            rec = OpRecord(op_id, kind, fd, requested, t)
+            self._outstanding[op_id] = rec
+            self.ops_submitted += 1
+            ring_append = self._ring.append
+            seq = self._seq
+            ring_append((next(seq), EV_OP_SUBMIT, t, op_id, kind, fd, requested))
+            buf_id = next(self._buf_ids)
+            self._buffers[buf_id] = BufferRecord(buf_id, op_id, kind, size, t)
+            rec.buffer_id = buf_id
+            rec.buffer_size = size
+            self.buffer_bytes_live += size
+            self.buffers_pinned += 1
+            ring_append((next(seq), EV_BUF_PIN, t, buf_id, op_id, size))
+            return rec
+        except Exception as exc:  # pragma: no cover - defensive
+            self._note_error(exc)
+            return None
+
     def op_cancel(self, rec: Optional[OpRecord]) -> None:
         """Somebody requested cancellation of a pending op (the op stays in flight)."""
         if rec is None or rec.cancel_t:

@@ -1,0 +1,185 @@
+"""Echo benchmark: loopmon (bare and instrumented) against the stdlib loop, and uvloop.
+
+Two workloads, both over asyncio streams with client and server in the same loop:
+
+* **echo**: ``--conns`` connections (10) each send ``--size`` bytes (1 KiB) and wait for the
+  echo, as fast as they can for ``--seconds``; the figure is round trips per second.
+* **large transfer**: one connection sends ``--mb`` MiB in 256 KiB writes to a server that
+  reads until EOF and answers with the count; the figure is MB/s.
+
+Timings on shared machines are noisy, so every loop runs in the *same* process and run,
+the order rotates each round (``--rounds``), and the table shows medians and ratios
+against the stdlib ``SelectorEventLoop`` of the same run.  Nothing is asserted.
+
+    PYTHONPATH=. python bench/echo.py --rounds 5 --seconds 2
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import loopmon  # noqa: E402
+
+
+def _loop_factories() -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+        "stdlib selector": asyncio.SelectorEventLoop,
+        "loopmon bare": lambda: loopmon.new_event_loop(instrument=False),
+        "loopmon instrumented": loopmon.new_event_loop,
+    }
+    try:
+        import uvloop
+        factories["uvloop"] = uvloop.new_event_loop
+    except ImportError:
+        pass
+    return factories
+
+
+async def _echo_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+async def echo_round_trips(conns: int, size: int, seconds: float) -> float:
+    server = await asyncio.start_server(_echo_handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    payload = b"x" * size
+    deadline = 0.0
+    counts = [0] * conns
+
+    async def client(i: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        n = 0
+        while time.perf_counter() < deadline:
+            writer.write(payload)
+            await reader.readexactly(size)
+            n += 1
+        counts[i] = n
+        writer.close()
+        await writer.wait_closed()
+
+    deadline = time.perf_counter() + seconds
+    start = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(conns)))
+    elapsed = time.perf_counter() - start
+    server.close()
+    await server.wait_closed()
+    return sum(counts) / elapsed
+
+
+async def large_transfer(mb: int) -> float:
+    total = mb * 1024 * 1024
+    done = asyncio.get_running_loop().create_future()
+
+    async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        got = 0
+        while True:
+            data = await reader.read(1 << 18)
+            if not data:
+                break
+            got += len(data)
+        writer.write(str(got).encode())
+        await writer.drain()
+        writer.close()
+        done.set_result(got)
+
+    server = await asyncio.start_server(sink, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    chunk = os.urandom(1 << 18)
+    start = time.perf_counter()
+    sent = 0
+    while sent < total:
+        writer.write(chunk)
+        sent += len(chunk)
+        await writer.drain()
+    writer.write_eof()
+    reply = await reader.read()
+    elapsed = time.perf_counter() - start
+    assert int(reply) == sent and await done == sent, (reply, sent)
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+    return sent / elapsed / 1e6
+
+
+def _run(factory: Callable[[], asyncio.AbstractEventLoop], coro_fn, *args) -> float:
+    gc.collect()
+    loop = factory()
+    try:
+        return loop.run_until_complete(coro_fn(*args))
+    finally:
+        loop.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=2.0, help="duration of one echo run")
+    ap.add_argument("--conns", type=int, default=10)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--mb", type=int, default=256, help="MiB in one large transfer")
+    ap.add_argument("--only", action="append", help="restrict to these loop names")
+    args = ap.parse_args(argv)
+
+    factories = _loop_factories()
+    if args.only:
+        factories = {k: v for k, v in factories.items() if k in args.only}
+    names = list(factories)
+    echo: dict[str, list[float]] = {n: [] for n in names}
+    bulk: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(args.rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        if r % 2:
+            order.reverse()
+        for name in order:
+            echo[name].append(_run(factories[name], echo_round_trips,
+                                   args.conns, args.size, args.seconds))
+            bulk[name].append(_run(factories[name], large_transfer, args.mb))
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+            f"{n} {echo[n][-1]:,.0f} rt/s {bulk[n][-1]:,.0f} MB/s" for n in names),
+            file=sys.stderr)
+
+    med_echo = {n: statistics.median(v) for n, v in echo.items()}
+    med_bulk = {n: statistics.median(v) for n, v in bulk.items()}
+    ref = "stdlib selector"
+    print(f"\nPython {platform.python_version()} on {platform.system()} {platform.machine()}, "
+          f"{os.cpu_count()} CPUs (shared, noisy machine); {args.rounds} rounds, "
+          f"medians; echo: {args.conns} conns x {args.size} B for {args.seconds:g} s; "
+          f"large transfer: {args.mb} MiB\n")
+    print(f"| loop | echo round-trips/s | vs stdlib | large transfer MB/s | vs stdlib |")
+    print("|---|---:|---:|---:|---:|")
+    for n in names:
+        re = med_echo[n] / med_echo[ref] if ref in med_echo else float("nan")
+        rb = med_bulk[n] / med_bulk[ref] if ref in med_bulk else float("nan")
+        print(f"| {n} | {med_echo[n]:,.0f} | {re:.2f}x | {med_bulk[n]:,.0f} | {rb:.2f}x |")
+    if "loopmon bare" in med_echo and "loopmon instrumented" in med_echo:
+        over_e = 1 - med_echo["loopmon instrumented"] / med_echo["loopmon bare"]
+        over_b = 1 - med_bulk["loopmon instrumented"] / med_bulk["loopmon bare"]
+        # per-round pairs are more robust than a ratio of medians on a noisy machine
+        pairs = [1 - i / b for i, b in zip(echo["loopmon instrumented"], echo["loopmon bare"])]
+        print(f"\nInstrumentation overhead (instrumented vs bare): echo {over_e:+.1%} "
+              f"(median of per-round pairs {statistics.median(pairs):+.1%}), "
+              f"large transfer {over_b:+.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
