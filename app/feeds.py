@@ -203,6 +203,7 @@ class ReplayFeed(Feed):
         self.messages: list[Any] = []
         self.times: list[float] = []      # per message, monotonic non-decreasing
         self.hello: Optional[Hello] = None
+        self.warning = ""                 # set when the file was cut or damaged mid-way
         self.position = 0.0               # seconds since the target started
         self._applied = 0                 # messages[:_applied] are in the model
         self.speed = 1.0
@@ -215,15 +216,22 @@ class ReplayFeed(Feed):
         """Read the whole recording.  Raises ``ValueError`` / ``OSError`` with a clear message."""
         from loopmon.telemetry.recording import read_recording
         t = 0.0
-        for msg in read_recording(self.path):
-            if isinstance(msg, Hello) and self.hello is None:
-                self.hello = msg
-                t = msg.started_t
-            mt = message_time(msg)
-            if mt is not None and mt > t:
-                t = mt
-            self.messages.append(msg)
-            self.times.append(t)
+        messages = read_recording(self.path)      # a non-recording raises here, at once
+        try:
+            for msg in messages:
+                if isinstance(msg, Hello) and self.hello is None:
+                    self.hello = msg
+                    t = msg.started_t
+                mt = message_time(msg)
+                if mt is not None and mt > t:
+                    t = mt
+                self.messages.append(msg)
+                self.times.append(t)
+        except Exception as exc:
+            # a corrupt frame in the middle: replay what came before it, and say so
+            if self.hello is None:
+                raise ValueError(f"{self.path}: unreadable recording: {exc}") from None
+            self.warning = f"recording damaged after {len(self.messages)} messages: {exc}"
         if self.hello is None:
             raise ValueError(f"{self.path}: no Hello at the start: not a loopmon recording")
 

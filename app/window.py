@@ -163,7 +163,9 @@ class MainWindow(QMainWindow):
             return False
         self.picker.set_attached(False)
         self.replay_bar.set_feed(feed)
-        self.show_message(f"Replaying {path} ({feed.duration:.1f} s): drag the slider or press Play")
+        note = f" — {feed.warning}" if feed.warning else ""
+        self.show_message(f"Replaying {path} ({feed.duration:.1f} s): drag the slider or press "
+                          f"Play{note}", error=bool(note))
         self.update_status()
         return True
 

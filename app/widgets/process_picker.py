@@ -8,6 +8,7 @@ unreadable runtime dir) show as an empty list with a tooltip, never an exception
 """
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 from PySide6.QtCore import QTimer, Signal
@@ -16,7 +17,6 @@ from PySide6.QtWidgets import (
 )
 
 from app.demo import DEMOS
-from app.units import format_duration
 
 
 class ProcessPicker(QWidget):
@@ -80,7 +80,8 @@ class ProcessPicker(QWidget):
         for e in entries:
             command = e.command if len(e.command) < 60 else e.command[:57] + "…"
             self.process_box.addItem(
-                f"{e.pid}  {command}  [{e.backend}, up {format_duration(e.uptime)}]", str(e.pid))
+                f"{e.pid}  {command}  [{e.backend}, started "
+                f"{time.strftime('%H:%M:%S', time.localtime(e.started_wall))}]", str(e.pid))
         if not entries:
             self.process_box.addItem("(no instrumented processes found)", None)
         i = self.process_box.findData(current)

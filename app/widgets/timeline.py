@@ -100,8 +100,7 @@ class OperationTimeline(pg.PlotWidget):
         self.plot_item.hideButtons()
         self.plot_item.setMenuEnabled(False)
         self.plot_item.vb.setMouseEnabled(x=False, y=False)
-        self.plot_item.getAxis("left").setStyle(showValues=False)
-        self.plot_item.getAxis("left").setWidth(8)
+        self.plot_item.hideAxis("left")          # lanes have no meaning worth a scale
         self.plot_item.vb.invertY(True)
         self.setMinimumHeight(120)
         self._bars: dict[int, SpanBars] = {}
@@ -122,7 +121,7 @@ class OperationTimeline(pg.PlotWidget):
     def apply_palette(self) -> None:
         bg, fg = plot_background(self), plot_foreground(self)
         self.setBackground(bg)
-        for name in ("left", "bottom"):
+        for name in ("bottom",):
             axis = self.plot_item.getAxis(name)
             axis.setPen(pg.mkPen(blend(fg, bg, 0.55)))
             axis.setTextPen(pg.mkPen(fg))

@@ -105,3 +105,18 @@ def test_not_a_recording_is_refused_clearly(qtbot, tmp_path):
     qtbot.addWidget(win)
     assert not win.open_recording(str(junk))
     assert "not a loopmon recording" in win.last_error
+
+
+def test_a_truncated_recording_replays_up_to_the_cut(qtbot, children, tmp_path):
+    rec = tmp_path / "cut.lmrec"
+    proc = children.loopmon_run("--record", str(rec), "-m", "loopmon.workloads.demo",
+                                "--duration", "2")
+    assert proc.wait(timeout=60) == 0
+    data = rec.read_bytes()
+    cut = tmp_path / "half.lmrec"
+    cut.write_bytes(data[: len(data) * 2 // 3 + 7])      # mid-frame, as a killed program leaves it
+    from app.window import MainWindow
+    win = MainWindow()
+    qtbot.addWidget(win)
+    assert win.open_recording(str(cut)), win.last_error
+    assert len(win.monitor.model.recent) > 5
