@@ -78,6 +78,9 @@ class ProactorEventLoop(PosixExtrasMixin, ProactorLoopMethodsMixin,
 
     # ------------------------------------------------------------------ running
     def run_forever(self) -> None:
+        # the base class's checks, before we touch the self-pipe reader of a running loop
+        self._check_closed()
+        self._check_running()
         try:
             assert self._self_reading_future is None
             self.call_soon(self._loop_self_reading)
