@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import weakref
 from asyncio import events, exceptions, proactor_events
 from typing import Any, Iterable, Optional
 
@@ -67,6 +68,7 @@ class ProactorEventLoop(PosixExtrasMixin, ProactorLoopMethodsMixin,
         self._signal_handlers: dict = {}
         self._unix_server_sockets: dict = {}
         self._child_pidfds: dict = {}
+        self._transports: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._lag_interval = lag_interval
         self._lag_handle: Optional[events.TimerHandle] = None
         main = threading.current_thread() is _IS_MAIN_THREAD()
@@ -143,22 +145,31 @@ class ProactorEventLoop(PosixExtrasMixin, ProactorLoopMethodsMixin,
             signal.set_wakeup_fd(wakeup_fd)     # it belongs to another loop: leave it be
 
     # ------------------------------------------------------------------ add_reader/add_writer
+    def _ensure_fd_no_transport(self, fd: int) -> None:
+        transport = self._transports.get(fd)
+        if transport is not None and not transport.is_closing():
+            raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
+
     def add_reader(self, fd: Any, callback, *args) -> None:
         self._check_closed()
-        self._proactor.add_handle(_fileobj_to_fd(fd), events.Handle(callback, args, self, None),
-                                  False)
+        fd = _fileobj_to_fd(fd)
+        self._ensure_fd_no_transport(fd)
+        self._proactor.add_handle(fd, events.Handle(callback, args, self, None), False)
 
     def remove_reader(self, fd: Any) -> bool:
         if self.is_closed():
             return False
+        self._ensure_fd_no_transport(_fileobj_to_fd(fd))
         return self._proactor.remove_handle(_fileobj_to_fd(fd), False)
 
     def add_writer(self, fd: Any, callback, *args) -> None:
         self._check_closed()
-        self._proactor.add_handle(_fileobj_to_fd(fd), events.Handle(callback, args, self, None),
-                                  True)
+        fd = _fileobj_to_fd(fd)
+        self._ensure_fd_no_transport(fd)
+        self._proactor.add_handle(fd, events.Handle(callback, args, self, None), True)
 
     def remove_writer(self, fd: Any) -> bool:
         if self.is_closed():
             return False
+        self._ensure_fd_no_transport(_fileobj_to_fd(fd))
         return self._proactor.remove_handle(_fileobj_to_fd(fd), True)

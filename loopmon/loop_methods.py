@@ -25,15 +25,27 @@ class ProactorLoopMethodsMixin:
     """Needs ``self.monitor`` (a Monitor or None) and ``self._proactor``."""
 
     # ------------------------------------------------------------------ transports
+    def _track_transport(self, sock, transport):
+        """Remember which transport owns an fd, so add_reader() on it is refused."""
+        transports = getattr(self, "_transports", None)
+        if transports is not None:
+            try:
+                transports[sock.fileno()] = transport
+            except (AttributeError, OSError, ValueError):
+                pass
+        return transport
+
     def _make_socket_transport(self, sock, protocol, waiter=None, extra=None, server=None):
-        return SocketTransport(self, sock, protocol, waiter, extra, server)
+        return self._track_transport(
+            sock, SocketTransport(self, sock, protocol, waiter, extra, server))
 
     def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *,
                             server_side=False, server_hostname=None, extra=None,
                             server=None, **timeouts):
         ssl_protocol = sslproto.SSLProtocol(self, protocol, sslcontext, waiter, server_side,
                                             server_hostname, **timeouts)
-        SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        self._track_transport(
+            rawsock, SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server))
         return ssl_protocol._app_transport
 
     # ------------------------------------------------------------------ sock_* methods

@@ -12,7 +12,7 @@ loss shows up, so the count must be taken at the moment of hand-over and not bef
 * The datagram transport delivers in a ``finally`` clause of ``_loop_reading``; we work out
   beforehand whether that call will deliver (the same conditions it checks) and count then.
 
-Two POSIX fixes ride along, for bare and instrumented loops alike (a bare loop has
+Three fixes ride along, for bare and instrumented loops alike (a bare loop has
 ``loop.monitor is None`` and counts nothing):
 
 * ``_call_connection_lost`` calls ``sock.shutdown()``, which raises ``ENOTCONN`` on POSIX
@@ -20,6 +20,8 @@ Two POSIX fixes ride along, for bare and instrumented loops alike (a bare loop h
 * The stdlib write-pipe transport learns that the reader of a write pipe went away from a
   16-byte ``recv`` on the write end, which works on a Windows named pipe but not on a POSIX
   pipe, so ``WritePipeTransport`` asks the backend for ``wait_pipe_closed`` instead.
+* An exception raised by ``data_received`` is a fatal error for the transport, as on the
+  selector loop (the stdlib proactor lets it escape and leaves the transport open).
 """
 from __future__ import annotations
 
@@ -78,7 +80,15 @@ class _CountDeliveredMixin:
             mon = self._loop.monitor
             if mon is not None:
                 mon.delivered(length)
-        _read_pipe_data_received(self, data, length)
+        try:
+            _read_pipe_data_received(self, data, length)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            # the stdlib proactor lets a data_received() exception escape _loop_reading and
+            # keeps the transport open; asyncio's documented (selector) behaviour is a
+            # fatal error: exception handler + connection_lost(exc)
+            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
 
 
 class SocketTransport(_CountDeliveredMixin, _TolerantCloseMixin,

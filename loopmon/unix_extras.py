@@ -106,14 +106,15 @@ class PosixExtrasMixin:
     # --- pipes ---------------------------------------------------------------------------
     def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
         _check_pipe(pipe, writer=False)
-        return ReadPipeTransport(self, pipe, protocol, waiter, extra)
+        return self._track_transport(pipe, ReadPipeTransport(self, pipe, protocol, waiter, extra))
 
     def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
         _check_pipe(pipe, writer=True)
-        return WritePipeTransport(self, pipe, protocol, waiter, extra)
+        return self._track_transport(pipe, WritePipeTransport(self, pipe, protocol, waiter, extra))
 
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
-        return DatagramTransport(self, sock, protocol, address, waiter, extra)
+        return self._track_transport(
+            sock, DatagramTransport(self, sock, protocol, address, waiter, extra))
 
     # --- subprocesses --------------------------------------------------------------------
     async def _make_subprocess_transport(self, protocol, args, shell, stdin, stdout, stderr,
