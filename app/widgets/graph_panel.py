@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
+
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QComboBox, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QSplitter, QVBoxLayout, QWidget,
 )
 
 from app.widgets.graphs import (
-    LoopLagGraph, MemoryGraph, OutstandingOpsGraph, ReceivedDataGraph, TimeSeriesGraph,
+    LoopLagGraph, decimate_peaks, MemoryGraph, OutstandingOpsGraph, ReceivedDataGraph, TimeSeriesGraph,
 )
 
 MIN_SPAN = 2.0    # seconds: narrowest live view while a session is younger than its window
@@ -45,6 +47,7 @@ class GraphPanel(QWidget):
         self.window_seconds: Optional[float] = 60.0
         self.paused = False
         self._applying_range = False
+        self._drawn_key: tuple = ()
 
         bar = QHBoxLayout()
         bar.setContentsMargins(4, 2, 4, 2)
@@ -114,26 +117,36 @@ class GraphPanel(QWidget):
 
     # ---------------------------------------------------------------- frame
     def refresh(self, model) -> None:
-        """Redraw from the model (called by the owner's frame timer, never per message)."""
+        """Redraw from the model (called by the owner's frame timer, never per message).
+
+        Live: the rows of the window (+2 s) are decimated and handed to the graphs only when a
+        new sample arrived; the frames in between just move the x range (cheap: no curve is
+        rebuilt).  Paused: the rows of the visible range, so zooming in shows full resolution.
+        """
         window = self.window_seconds
-        span = None if window is None else window + 2.0
-        rows = model.series(span)
-        for graph in self.graphs:
-            graph.refresh(rows, model)
-            graph.refresh_alerts(model)
-        if not len(rows):
-            return
         if self.paused:
             lo, hi = self.x_range()
+            rows = model.series(None)
+            if len(rows):
+                margin = (hi - lo) * 0.05
+                i0 = max(0, int(np.searchsorted(rows[:, 0], lo - margin)) - 1)
+                i1 = int(np.searchsorted(rows[:, 0], hi + margin, side="right")) + 1
+                rows = rows[i0:i1]
+            self._draw(rows, model, key=("paused", lo, hi, model.version))
             for graph in self.graphs:
                 graph.fit_y(lo, hi)
             return
+        rows = model.series(None if window is None else window + 2.0)
+        self._draw(rows, model, key=(window, len(rows), float(rows[-1, 0]) if len(rows) else 0.0,
+                                     float(rows[0, 0]) if len(rows) else 0.0))
+        if not len(rows):
+            return
         right = max(model.now_x(), float(rows[-1, 0]))
-        first = float(model.series(None)[0, 0]) if window is None else float(rows[0, 0])
+        first = float(rows[0, 0])
         if window is None or right - window < first:
             # a session younger than the window: fill the width instead of leaving it empty
             left = first
-            right = max(right, first + MIN_SPAN)   # fills the width once older than MIN_SPAN
+            right = max(right, first + MIN_SPAN)
         else:
             left = right - window
         self._applying_range = True
@@ -143,6 +156,17 @@ class GraphPanel(QWidget):
             self._applying_range = False
         for graph in self.graphs:
             graph.fit_y(left, right)
+
+    def _draw(self, rows: np.ndarray, model, key: tuple) -> None:
+        for graph in self.graphs:
+            graph.refresh_alerts(model)
+        if key == self._drawn_key:
+            return
+        self._drawn_key = key
+        width = max(200, self.graphs[0].width())
+        rows = decimate_peaks(rows, 2 * width)
+        for graph in self.graphs:
+            graph.refresh(rows, model)
 
     def x_range(self) -> tuple[float, float]:
         (lo, hi), _ = self.graphs[0].plot_item.vb.viewRange()

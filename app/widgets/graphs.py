@@ -21,7 +21,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import QSizePolicy
+from PySide6.QtWidgets import QGraphicsItem, QSizePolicy
 
 from app.model.session import COL, KIND_COLUMNS
 from app.widgets.axes import ByteAxis, CountAxis, TimeAxis
@@ -33,6 +33,43 @@ from app.widgets.theme import (
 LEFT_AXIS_WIDTH = 74
 RIGHT_AXIS_WIDTH = 78
 MAX_ALERT_MARKERS = 60
+
+
+def nice_step(x: float) -> float:
+    """The smallest 1/2/5 x 10^k (or 1/2/4/8 x 1024^k above 1024) that is >= ``x``."""
+    if x <= 0:
+        return 1.0
+    if x >= 1024:
+        base = 1024.0 ** np.floor(np.log(x) / np.log(1024.0))
+        for m in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024):
+            if base * m >= x:
+                return base * m
+    base = 10.0 ** np.floor(np.log10(x))
+    for m in (1, 2, 5, 10):
+        if base * m >= x:
+            return base * m
+    return base * 10  # pragma: no cover
+
+
+def decimate_peaks(rows: np.ndarray, max_points: int) -> np.ndarray:
+    """At most ~``max_points`` rows keeping every column's min and max per bucket.
+
+    Each bucket of ``k`` consecutive rows becomes two rows: the column-wise minimum (at the
+    bucket's first time) and maximum (at its last time), so spikes survive and monotonic
+    counters stay monotonic.  Column 0 must be time.
+    """
+    n = len(rows)
+    if n <= max_points or max_points < 4:
+        return rows
+    k = int(np.ceil(n / (max_points // 2)))
+    head = n % k                          # keep the newest rows aligned to whole buckets
+    body = rows[head:].reshape(-1, k, rows.shape[1])
+    out = np.empty((2 * body.shape[0], rows.shape[1]))
+    out[0::2] = body.min(axis=1)
+    out[1::2] = body.max(axis=1)
+    out[0::2, 0] = body[:, 0, 0]
+    out[1::2, 0] = body[:, -1, 0]
+    return np.vstack([rows[:head], out]) if head else out
 
 
 class TimeSeriesGraph(pg.PlotWidget):
@@ -47,8 +84,9 @@ class TimeSeriesGraph(pg.PlotWidget):
             axes["right"] = right_axis
         super().__init__(parent, axisItems=axes)
         self.plot_item = self.getPlotItem()
-        self.plot_item.setDownsampling(auto=True, mode="peak")
-        self.plot_item.setClipToView(True)
+        # no pyqtgraph clip-to-view / auto-downsample: both redo their work on every view-range
+        # change, i.e. on every scrolling frame.  GraphPanel hands us rows already cut to the
+        # window and peak-decimated to the plot's width (``decimate_peaks``), once per new sample.
         self.plot_item.hideButtons()
         self.plot_item.setMenuEnabled(False)
         self.plot_item.vb.setMouseEnabled(x=True, y=False)
@@ -82,6 +120,9 @@ class TimeSeriesGraph(pg.PlotWidget):
             # grid lines at major ticks only: the minor levels cost ~3 ms per axis per frame
             # (measured: 20 -> 48 frames/s for the widget) and add little but clutter
             axis.setStyle(maxTickLevel=0)
+            if name != "bottom":
+                # y axes change rarely (fit_y snaps): paint them from a pixmap cache
+                axis.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
         self.plot_item.getAxis("left").setWidth(LEFT_AXIS_WIDTH)
         if self.right_vb is not None:
             self.plot_item.getAxis("right").setWidth(RIGHT_AXIS_WIDTH)
@@ -146,8 +187,6 @@ class TimeSeriesGraph(pg.PlotWidget):
             item.setFillLevel(0)
             item.setBrush(fill)
         if right and self.right_vb is not None:
-            item.setDownsampling(auto=True, method="peak")
-            item.setClipToView(True)
             self.right_vb.addItem(item)
         else:
             self.plot_item.addItem(item)
@@ -179,13 +218,13 @@ class TimeSeriesGraph(pg.PlotWidget):
             hi = max(float(a[i0:i1].max()) for a in arrays)
             if from_zero:
                 lo = min(lo, 0.0)
-            span = hi - lo
-            if span <= 1e-9:
-                span = max(1.0, abs(hi) * 0.1)
-                hi = lo + span
-            pad = span * 0.08
+            # snap to a coarse step so the range (and the cached axis picture) changes only when
+            # the data outgrows it, not on every sample: calmer to look at, cheaper to draw
+            step = nice_step(max(hi - lo, 1e-9) / 4.0)
+            hi = (np.floor(hi / step) + 1.0) * step
+            lo = 0.0 if from_zero and lo == 0.0 else np.floor(lo / step) * step
             # from zero: a sliver below 0 so the "0" tick label is drawn
-            target = (-span * 0.03 if from_zero and lo == 0.0 else lo - pad, hi + pad)
+            target = (-(hi - lo) * 0.03 if from_zero and lo == 0.0 else float(lo), float(hi))
             if self._y_ranges.get(id(vb)) != target:
                 self._y_ranges[id(vb)] = target
                 vb.setYRange(*target, padding=0)
