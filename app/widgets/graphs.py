@@ -220,8 +220,9 @@ class TimeSeriesGraph(pg.PlotWidget):
                 lo = min(lo, 0.0)
             # snap to a coarse step so the range (and the cached axis picture) changes only when
             # the data outgrows it, not on every sample: calmer to look at, cheaper to draw
-            step = nice_step(max(hi - lo, 1e-9) / 4.0)
-            hi = (np.floor(hi / step) + 1.0) * step
+            span = max(hi - lo, 1e-9)
+            step = nice_step(span / 6.0)
+            hi = np.ceil((hi + span * 0.12) / step) * step      # headroom: never touch the top
             lo = 0.0 if from_zero and lo == 0.0 else np.floor(lo / step) * step
             # from zero: a sliver below 0 so the "0" tick label is drawn
             target = (-(hi - lo) * 0.03 if from_zero and lo == 0.0 else float(lo), float(hi))
