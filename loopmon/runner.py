@@ -11,8 +11,10 @@ status exactly as it would have for the program alone.
 How the program gets the instrumented loop without being modified: we install an event-loop
 policy, a subclass of ``loopmon.EventLoopPolicy`` whose ``new_event_loop`` also attaches each
 new loop's Monitor to the agent.  ``asyncio.run()``, ``asyncio.Runner`` and
-``asyncio.new_event_loop()`` all create loops through the policy.  (A program that installs
-its own policy or passes its own ``loop_factory`` opts out; that is its right.)
+``asyncio.new_event_loop()`` all create loops through the policy.  Programs already written
+for loopmon (``loop_factory=loopmon.new_event_loop``, or their own ``loopmon.install()``) are
+caught by wrapping ``loopmon.new_event_loop`` for the run.  (A program that installs some
+other policy, or passes another ``loop_factory``, runs unmonitored; that is its right.)
 
 The agent is bound *before* the program starts, so a bad ``--listen`` is a clean CLI error
 and not a failure inside the program; it is closed in a ``finally`` (socket and discovery
@@ -22,10 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import os
 import runpy
 import sys
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from .telemetry.agent import Agent
 
@@ -59,6 +62,36 @@ def make_policy(agent: Agent) -> asyncio.AbstractEventLoopPolicy:
     return AttachingPolicy()
 
 
+def _hook_loop_factories(agent: Agent) -> Callable[[], None]:
+    """Also attach loops a program makes itself: ``loop_factory=loopmon.new_event_loop``, or
+    its own ``loopmon.install()`` (whose policy calls ``loopmon.policy.new_event_loop``).
+    Returns a function that undoes the patch."""
+    import loopmon
+    import loopmon.policy as policy_mod
+    original = policy_mod.new_event_loop
+
+    @functools.wraps(original)
+    def new_event_loop(*args: Any, **kwargs: Any) -> Any:
+        loop = original(*args, **kwargs)
+        monitor = getattr(loop, "monitor", None)
+        if monitor is not None:
+            try:
+                agent.attach(monitor)
+            except Exception:       # telemetry must never break the program
+                pass
+        return loop
+
+    saved = (loopmon.__dict__.get("new_event_loop"), policy_mod.new_event_loop)
+    loopmon.new_event_loop = new_event_loop
+    policy_mod.new_event_loop = new_event_loop
+
+    def restore() -> None:
+        if saved[0] is not None:
+            loopmon.new_event_loop = saved[0]
+        policy_mod.new_event_loop = saved[1]
+    return restore
+
+
 def start_agent(*, listen: Optional[str] = None, listen_any: bool = False,
                 record: Optional[str] = None, sample_ms: float = 50.0,
                 argv: Optional[list[str]] = None) -> Agent:
@@ -81,6 +114,7 @@ def run_program(*, script: Optional[str] = None, module: Optional[str] = None,
         argv = [module or ""] + args           # runpy replaces argv[0] by the module's path
     agent = start_agent(listen=listen, listen_any=listen_any, record=record,
                         sample_ms=sample_ms, argv=argv)
+    restore = _hook_loop_factories(agent)
     try:
         asyncio.set_event_loop_policy(make_policy(agent))
         sys.argv = argv
@@ -91,6 +125,7 @@ def run_program(*, script: Optional[str] = None, module: Optional[str] = None,
             sys.path[0] = os.getcwd()
             runpy.run_module(module, run_name="__main__", alter_sys=True)
     finally:
+        restore()
         try:
             agent.close("program exited")
         finally:

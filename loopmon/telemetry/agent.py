@@ -203,6 +203,8 @@ class Agent:
         col = Collector.for_monitor(monitor, sample_period=self.sample_period, argv=self.argv)
         if os.getpid() != self._pid:
             return col          # a forked child: the agent (and its socket) is the parent's
+        if col is self.collector:
+            return col          # attached twice (policy and loop factory both saw it)
         col.start()
         self.collector = col
         if self._want_discovery and self._thread is not None:

@@ -206,7 +206,6 @@ def test_forked_child_leaves_the_parents_agent_alone(tmp_path, children, runtime
         "    pid = os.fork()\n"
         "    if pid == 0:\n"
         "        asyncio.run(child())\n"
-        "        import atexit; atexit._run_exitfuncs()\n"
         "        os._exit(0)\n"
         "    os.waitpid(pid, 0)\n"
         "    print('ready', flush=True)\n"
@@ -222,3 +221,28 @@ def test_forked_child_leaves_the_parents_agent_alone(tmp_path, children, runtime
         await c.close()
         return c.hello
     assert run_async(hello()).pid == p.pid
+
+
+def test_programs_written_for_loopmon_are_attached_too(tmp_path, children, runtime_dir):
+    """loop_factory=loopmon.new_event_loop, and a program's own loopmon.install()."""
+    from loopmon import client as lmclient
+    from telemetry_helpers import run_async
+    for variant in ("factory", "install"):
+        script = tmp_path / f"{variant}.py"
+        start = ("asyncio.Runner(loop_factory=loopmon.new_event_loop).run(main())"
+                 if variant == "factory" else "loopmon.install(); asyncio.run(main())")
+        script.write_text(
+            "import asyncio, loopmon\n"
+            "async def main():\n"
+            "    print('ready', asyncio.get_running_loop().monitor is not None, flush=True)\n"
+            "    await asyncio.sleep(30)\n" + start + "\n")
+        p = children.loopmon("run", str(script))
+        assert p.stdout.readline().strip() == "ready True"
+        wait_discovered(p.pid)
+
+        async def hello():
+            c = await lmclient.connect(p.pid)
+            await c.close()
+            return c.hello
+        assert run_async(hello()).backend == "selector"
+        p.kill()

@@ -155,3 +155,30 @@ def test_decoder_mutated_frames_raise_protocol_error_only(frame, mutations):
         wire.FrameDecoder(expect_header=False).feed(bytes(data))
     except wire.ProtocolError:
         pass
+
+
+def test_parse_listen_loopback_only():
+    from loopmon.telemetry.agent import parse_listen
+    assert parse_listen("127.0.0.1:7000") == ("127.0.0.1", 7000)
+    assert parse_listen("[::1]:0") == ("::1", 0)
+    assert parse_listen("localhost:80") == ("127.0.0.1", 80)
+    for bad in ("0.0.0.0:7000", "192.168.1.5:1", "[::]:7000", "example.com:7000"):
+        with pytest.raises(ValueError, match="listen-any"):
+            parse_listen(bad)
+    assert parse_listen("0.0.0.0:7000", listen_any=True) == ("0.0.0.0", 7000)
+    for bad in ("7000", "127.0.0.1", "127.0.0.1:x", "127.0.0.1:70000", "[::1]7000"):
+        with pytest.raises(ValueError):
+            parse_listen(bad)
+
+
+def test_client_parse_target():
+    from loopmon.client import ConnectError, parse_target
+    assert parse_target(123) == ("pid", 123)
+    assert parse_target("123") == ("pid", 123)
+    assert parse_target("unix:/tmp/x.sock") == ("unix", "/tmp/x.sock")
+    assert parse_target("/tmp/x.sock") == ("unix", "/tmp/x.sock")
+    assert parse_target("127.0.0.1:7000") == ("tcp", ("127.0.0.1", 7000))
+    assert parse_target("[::1]:7000") == ("tcp", ("::1", 7000))
+    for bad in ("nonsense", "host:", ":80", "host:99999", True, 1.5):
+        with pytest.raises(ConnectError):
+            parse_target(bad)
