@@ -86,6 +86,7 @@ class Stream:
         self.reader_task: Optional[asyncio.Task] = None
         self.reader_waiting = False                   # inside its receive, nothing to process
         self.cancel_by: Optional[str] = None          # who asked for the pending cancel
+        self.stopping = False                         # main is shutting down: cancels are final
 
 
 async def _connected_pair(loop: asyncio.AbstractEventLoop) -> tuple[socket.socket, socket.socket]:
@@ -123,7 +124,7 @@ async def _reader(loop: asyncio.AbstractEventLoop, st: Stream, rng: random.Rando
         try:
             data = await loop.sock_recv(st.reader_sock, 65536)
         except asyncio.CancelledError:
-            if st.cancel_by is None:
+            if st.cancel_by is None or st.stopping:
                 raise                                   # somebody else cancelled us: stop
             if st.cancel_by == "idle":
                 st.idle_cancels += 1
@@ -194,10 +195,10 @@ async def main(argv: Optional[list[str]] = None) -> int:
     st = Stream(reader_sock, writer_sock)
     stop = asyncio.Event()
     t0 = time.monotonic()
+    st.reader_task = asyncio.ensure_future(_reader(loop, st, rng, (0.0005, 0.004)))
+    peer = asyncio.ensure_future(
+        _peer(loop, st, rng, args.interval, max(1, args.handover_every), stop))
     try:
-        st.reader_task = asyncio.ensure_future(_reader(loop, st, rng, (0.0005, 0.004)))
-        peer = asyncio.ensure_future(
-            _peer(loop, st, rng, args.interval, max(1, args.handover_every), stop))
         deadline = None if args.duration is None else t0 + args.duration
         while deadline is None or time.monotonic() < deadline:
             wait = args.report if deadline is None else min(args.report, deadline - time.monotonic())
@@ -212,6 +213,11 @@ async def main(argv: Optional[list[str]] = None) -> int:
             print("cancel_race: the reader saw no end of stream within 10 s", flush=True)
             st.reader_task.cancel()
     finally:
+        # interrupted (Ctrl-C cancels main) or done: stop both ends before closing their sockets
+        st.stopping = True
+        for task in (peer, st.reader_task):
+            task.cancel()
+        await asyncio.gather(peer, st.reader_task, return_exceptions=True)
         reader_sock.close()
         writer_sock.close()
     print(_line(st, t0, final=True), flush=True)
