@@ -1,11 +1,13 @@
 """Packed OpEvents: a columnar encoding for the one hot message.
 
 ``OpEvents`` carries hundreds of thousands of event tuples a second, so it gets its own form:
-the events are grouped by event code (a stable sort, in C), each group becomes one packed
-little-endian run per column (``q`` for ints, ``d`` for floats, a ``u32`` index into a
-per-batch string table for the error-name column), and a byte string of codes keeps the
-original order.  Decoding is one ``struct.unpack`` per column and ``zip(*columns)`` per group --
-C loops, no per-field Python work.  (Measured here: 1-3 M events/s each way; ~51 B/event.)
+a byte string of codes keeps the order, and the events are grouped by code (``compress``
+with a mask made by ``bytes.translate``: order-preserving, in C).  Per group, the int fields
+go out row-major as one little-endian i64 run (``compress`` over the flattened tuples picks
+them), the ``t`` column as one f64 run, and the error-name column as u32 indices into a
+per-batch string table.  Decoding is one ``struct.unpack`` per run, C-level slices
+(``ints[j::k]``) for the columns and ``zip(*columns)`` per group -- no per-field Python work
+either way.  (Measured here: ~3-5 M events/s each way; ~51 B/event.)
 
 A batch whose tuples do not fit the known layouts (a newer event code, a wrong width, an
 int beyond 64 bits, a non-str error) makes ``encode_packed`` return None and the caller falls
@@ -19,6 +21,7 @@ version and ``docs/PROTOCOL.md``.
 from __future__ import annotations
 
 import struct
+from itertools import chain, compress
 from operator import itemgetter
 from typing import Any, Callable, Optional
 
@@ -38,63 +41,78 @@ _LAYOUTS: dict[int, str] = {
     EV_DISCARD: "qdqq",            # seq t | op_id nbytes
 }
 FORM_GENERIC, FORM_PACKED = 0, 1     # first payload byte of an OpEvents frame
-_ITEM_SIZE = {"q": 8, "d": 8, "I": 4}
+
+
+class _Layout:
+    """Where a code's fields go: tuple width, int positions, the float (t) and string ones."""
+
+    __slots__ = ("width", "ints", "string", "row_mask", "code_mask")
+
+    def __init__(self, code: int, spec: str) -> None:
+        positions = [0] + list(range(2, len(spec) + 1))     # spec skips the code (index 1)
+        self.width = len(spec) + 1
+        self.ints = [pos for pos, tc in zip(positions, spec) if tc == "q"]
+        strings = [pos for pos, tc in zip(positions, spec) if tc == "s"]
+        self.string = strings[0] if strings else None
+        # which fields of one flattened tuple are ints (compress() mask, one byte per field)
+        self.row_mask = bytes(1 if i in self.ints else 0 for i in range(self.width))
+        # which events of a batch have this code (bytes.translate table over the code bytes)
+        self.code_mask = bytes(1 if i == code else 0 for i in range(256))
+
+
+_LAYOUT_OF: dict[int, _Layout] = {code: _Layout(code, spec) for code, spec in _LAYOUTS.items()}
 _code_of = itemgetter(1)
+_t_of = itemgetter(2)
 _ONLY_EMPTY = {""}
 
 
-def _column_bytes(typecode: str, column: Any) -> bytes:
-    # struct with an explicit count is ~2x faster than array() here, and explicitly
-    # little-endian on every host
-    return struct.pack(f"<{len(column)}{typecode}", *column)
-
-
 def encode_packed(events: list) -> Optional[bytes]:
-    """The columnar form, or None if the batch does not fit the known layouts."""
+    """The packed form, or None if the batch does not fit the known layouts.
+
+    Per code present (ascending): the int fields of its events row-major (i64), then their
+    ``t`` (f64), then, if the layout has one, their string indices (u32).  All C-level:
+    ``compress`` picks a code's events and their int fields, ``struct`` packs them.
+    """
     try:
         codes = bytes(map(_code_of, events))
     except (ValueError, TypeError, IndexError):
         return None
     present = sorted(set(codes))
-    if any(c not in _LAYOUTS for c in present):
+    if any(c not in _LAYOUT_OF for c in present):
         return None
-    ordered = sorted(events, key=_code_of) if len(present) > 1 else events
     out = bytearray((FORM_PACKED,))
     out += _LEN.pack(len(events))
     out += codes
     strings: dict[str, int] = {"": 0}
-    columns_out = bytearray()
-    start = 0
-    for code in present:
-        n = codes.count(code)
-        group = ordered[start:start + n]
-        start += n
-        layout = _LAYOUTS[code]
-        width = len(layout) + 1                       # + the code column, not sent
-        if set(map(len, group)) != {width}:
-            return None
-        cols = list(zip(*group))
-        del cols[1]                                   # the code column: implied
-        for typecode, col in zip(layout, cols):
-            try:
-                if typecode == "s":
-                    distinct = set(col)
-                    if distinct == _ONLY_EMPTY:          # the common case: no error names
-                        columns_out += bytes(4 * n)
-                        continue
-                    if set(map(type, distinct)) != {str}:
-                        return None
-                    for text in distinct:
-                        strings.setdefault(text, len(strings))
-                    columns_out += _column_bytes("I", list(map(strings.__getitem__, col)))
-                else:
-                    columns_out += _column_bytes(typecode, col)
-            except (OverflowError, TypeError, struct.error):
+    body = bytearray()
+    single = len(present) == 1
+    try:
+        for code in present:
+            lay = _LAYOUT_OF[code]
+            group = events if single else list(compress(events, codes.translate(lay.code_mask)))
+            n = len(group)
+            if set(map(len, group)) != {lay.width}:
                 return None
+            ints = compress(chain.from_iterable(group), lay.row_mask * n)
+            body += struct.pack(f"<{n * len(lay.ints)}q", *ints)
+            body += struct.pack(f"<{n}d", *map(_t_of, group))
+            if lay.string is not None:
+                col = list(map(itemgetter(lay.string), group))
+                distinct = set(col)
+                if distinct == _ONLY_EMPTY:               # the common case: no error names
+                    body += bytes(4 * n)
+                    continue
+                if set(map(type, distinct)) != {str}:
+                    return None
+                for text in distinct:
+                    strings.setdefault(text, len(strings))
+                body += struct.pack(f"<{n}I", *map(strings.__getitem__, col))
+    except (OverflowError, TypeError, struct.error):
+        return None
     table = bytearray()
     encode_value(list(strings), table)
     out += table
-    out += columns_out
+    out += body
     return bytes(out)
 
 
@@ -107,20 +125,23 @@ def decode_packed(r: _Reader) -> list[tuple]:
     present = sorted(set(codes))
     groups: dict[int, list[tuple]] = {}
     for code in present:
-        layout = _LAYOUTS.get(code)
-        if layout is None:
+        lay = _LAYOUT_OF.get(code)
+        if lay is None:
             raise ProtocolError(f"unknown event code {code} in packed OpEvents")
         count = codes.count(code)
-        cols: list = []
-        for typecode in layout:
-            tc = "I" if typecode == "s" else typecode
-            a = struct.unpack(f"<{count}{tc}", r.take(count * _ITEM_SIZE[tc]))
-            if typecode == "s":
-                if count and max(a) >= len(table):
-                    raise ProtocolError("OpEvents string index out of range")
-                a = [""] * count if len(table) == 1 else list(map(table.__getitem__, a))
-            cols.append(a)
-        cols.insert(1, (code,) * count)
+        k = len(lay.ints)
+        ints = struct.unpack(f"<{count * k}q", r.take(count * k * 8))
+        cols: list = [None] * lay.width
+        for j, pos in enumerate(lay.ints):
+            cols[pos] = ints[j::k]                    # C-level slicing: one column each
+        cols[1] = (code,) * count
+        cols[2] = struct.unpack(f"<{count}d", r.take(count * 8))
+        if lay.string is not None:
+            idx = struct.unpack(f"<{count}I", r.take(count * 4))
+            if count and max(idx) >= len(table):
+                raise ProtocolError("OpEvents string index out of range")
+            cols[lay.string] = ([""] * count if len(table) == 1
+                                else list(map(table.__getitem__, idx)))
         groups[code] = list(zip(*cols))
     if r.pos != r.end:
         raise ProtocolError("trailing bytes after OpEvents")
