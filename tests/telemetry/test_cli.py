@@ -246,3 +246,17 @@ def test_programs_written_for_loopmon_are_attached_too(tmp_path, children, runti
             return c.hello
         assert run_async(hello()).backend == "selector"
         p.kill()
+
+
+def test_fault_flags_reach_the_loop(tmp_path, runtime_dir):
+    script = tmp_path / "faults.py"
+    script.write_text("import asyncio, os\n"
+                      "async def main():\n"
+                      "    return asyncio.get_running_loop()\n"
+                      "loop = asyncio.run(main())\n"
+                      "print(os.environ.get('LOOPMON_FAULTS'), sorted(getattr(loop, '_faults', None)"
+                      " or getattr(loop, 'faults', None) or []))\n")
+    r = _loopmon("run", "--fault", "cancel-drops-data", "--fault", "send-keeps-buffer",
+                 str(script))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("cancel-drops-data,send-keeps-buffer")
