@@ -120,3 +120,16 @@ def test_a_truncated_recording_replays_up_to_the_cut(qtbot, children, tmp_path):
     qtbot.addWidget(win)
     assert win.open_recording(str(cut)), win.last_error
     assert len(win.monitor.model.recent) > 5
+
+
+def test_embedding_example_renders_an_in_process_loop(runtime_dir, tmp_path):
+    out = tmp_path / "embed.png"
+    env = child_env(runtime_dir)
+    env["QT_QPA_PLATFORM"] = "offscreen"
+    from gui_helpers import REPO
+    res = subprocess.run([sys.executable, str(REPO / "examples" / "embed_widget.py"),
+                          "--screenshot", str(out), "--after", "3"], env=env,
+                         capture_output=True, text=True, timeout=90)
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr and "destroyed but it is pending" not in res.stderr
+    assert pixel_std(out) > 10
