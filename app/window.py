@@ -207,7 +207,7 @@ class MainWindow(QMainWindow):
             label = "▶ replay"
         self.status_state.setText(label)
         self.status_rate.setText(f"{format_count(model.ops_per_second())} ops/s · "
-                                 f"{format_count(model.events_total)} events")
+                                 f"{format_count(model.events_per_second())} events/s")
         self.status_dropped.setText(f"dropped: {format_count(model.events_dropped())}")
 
     # ---------------------------------------------------------------- export

@@ -29,6 +29,7 @@ from loopmon.monitor.events import (
 )
 
 MAX_OUTSTANDING_ROWS = 50_000
+SNAPSHOT_CAP_HINT = 1_000     # the collector lists at most this many ops (oldest first)
 MAX_LIFECYCLES = 4_000
 
 # Outcomes as the timeline colours them (one more than the wire's: "lost" = discarded bytes).
@@ -87,6 +88,13 @@ class OutstandingOps:
                 continue   # a malformed op from a newer peer: skip the row, keep the table
             if len(rows) >= self.cap:
                 break
+        if len(rows) >= SNAPSHOT_CAP_HINT and rows:
+            # the agent caps a snapshot at its oldest N ops: ops we know of from events that are
+            # newer than the snapshot's newest are not gone, just not listed
+            newest = max(r.submit_t for r in rows.values())
+            for op_id, row in self.rows.items():
+                if op_id not in rows and row.submit_t > newest and len(rows) < self.cap:
+                    rows[op_id] = row
         # the snapshot is the truth; the Qt model diffs by op id, so row identity does not matter
         self.rows = dict(sorted(rows.items(), key=lambda kv: kv[1].submit_t))
 

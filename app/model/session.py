@@ -71,6 +71,7 @@ class SessionModel:
         self.version = 0                   # bumps on every ingest: "is a redraw worth it?"
         self.newest_event_t = 0.0          # target clock of the newest event ingested
         self._rate_window: deque[tuple[float, int]] = deque(maxlen=64)
+        self._events_window: deque[tuple[float, int]] = deque(maxlen=256)
         self._last_t = 0.0                 # target clock of the newest message
         self._last_local = 0.0             # our monotonic clock when it arrived
         self._prev_sample: Optional[tuple[float, float]] = None   # (t, bytes_received)
@@ -232,6 +233,18 @@ class SessionModel:
             if t1 - t0 <= 2.0:
                 break
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def events_per_second(self) -> float:
+        """Op/buffer events ingested per second, over the last few seconds (our clock)."""
+        now = time.monotonic()
+        w = self._events_window
+        if not w or w[-1][1] != self.events_total:
+            w.append((now, self.events_total))
+        while len(w) > 2 and now - w[0][0] > 3.0:
+            w.popleft()
+        if len(w) < 2 or w[-1][0] <= w[0][0]:
+            return 0.0
+        return (w[-1][1] - w[0][1]) / (now - w[0][0]) if self.connected else 0.0
 
     def events_dropped(self) -> int:
         """Events lost on the way: the target's ring overflow plus messages dropped for us."""

@@ -139,3 +139,15 @@ def test_units():
     assert format_bytes(1536) == "1.5 KiB" and format_bytes(12) == "12 B"
     assert format_duration(0.25) == "250 ms" and format_duration(125) == "2 m 05 s"
     assert format_clock(45) == "45 s" and format_clock(125) == "2:05"
+
+
+def test_a_capped_snapshot_keeps_newer_ops_known_from_events():
+    from app.model.ops import SNAPSHOT_CAP_HINT
+    ops = OutstandingOps()
+    ops.apply((1, EV_OP_SUBMIT, 50.0, 99_999, KIND_SEND, 5, 10))       # newer than the snapshot
+    ops.apply((2, EV_OP_SUBMIT, 5.0, 99_998, KIND_SEND, 5, 10))        # older: really gone
+    snapshot = [dict(op_id=i, kind="recv", fd=3, requested=1, buffer_size=1, age=40.0 - i * 1e-3,
+                     cancel_requested=False) for i in range(SNAPSHOT_CAP_HINT)]
+    ops.replace(45.0, snapshot)
+    assert 99_999 in ops.rows and 99_998 not in ops.rows
+    assert len(ops.rows) == SNAPSHOT_CAP_HINT + 1
