@@ -28,7 +28,7 @@ from loopmon.telemetry.messages import Alert, OpEvents
 REPO = Path(__file__).resolve().parents[2]
 
 
-def soak_seconds(default: float = 6.0) -> float:
+def soak_seconds(default: float = 5.0) -> float:
     """How long the no-false-alarm runs last: ``LOOPMON_SOAK_SECONDS`` (the issue asks 60)."""
     try:
         return float(os.environ.get("LOOPMON_SOAK_SECONDS", default))
