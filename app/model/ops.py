@@ -30,7 +30,7 @@ from loopmon.monitor.events import (
 
 MAX_OUTSTANDING_ROWS = 50_000
 SNAPSHOT_CAP_HINT = 1_000     # the collector lists at most this many ops (oldest first)
-MAX_LIFECYCLES = 4_000
+MAX_LIFECYCLES = 8_000        # ~10 s of a busy cancel-heavy target
 
 # Outcomes as the timeline colours them (one more than the wire's: "lost" = discarded bytes).
 SPAN_PENDING = 0

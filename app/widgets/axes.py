@@ -48,12 +48,20 @@ class TimeAxis(pg.AxisItem):
 
 
 class CountAxis(pg.AxisItem):
-    """Plain counts with no SI prefix games (ops are whole numbers)."""
+    """Plain numbers with no SI prefix games; ``integer`` axes (op counts) never tick at 0.5."""
 
-    def __init__(self, orientation: str = "left", suffix: str = "", **kw) -> None:
+    def __init__(self, orientation: str = "left", suffix: str = "", integer: bool = False,
+                 **kw) -> None:
         super().__init__(orientation, **kw)
         self.suffix = suffix
+        self.integer = integer
         self.enableAutoSIPrefix(False)
+
+    def tickSpacing(self, minVal, maxVal, size):  # noqa: N802 - pyqtgraph API
+        levels = super().tickSpacing(minVal, maxVal, size)
+        if self.integer:
+            levels = [(max(1.0, spacing), offset) for spacing, offset in levels]
+        return levels
 
     def tickStrings(self, values, scale, spacing):  # noqa: N802 - pyqtgraph API
         if spacing >= 1:

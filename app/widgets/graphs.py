@@ -95,6 +95,7 @@ class TimeSeriesGraph(pg.PlotWidget):
         self.plot_item.vb.enableAutoRange(axis="y", enable=False)
         self.left_from_zero = True
         self.right_from_zero = True
+        self.integer_y = False
         self._x: Optional[np.ndarray] = None
         self._y_left: list[np.ndarray] = []
         self._y_right: list[np.ndarray] = []
@@ -222,6 +223,8 @@ class TimeSeriesGraph(pg.PlotWidget):
             # the data outgrows it, not on every sample: calmer to look at, cheaper to draw
             span = max(hi - lo, 1e-9)
             step = nice_step(span / 6.0)
+            if self.integer_y:
+                step = max(step, 1.0)
             hi = np.ceil((hi + span * 0.12) / step) * step      # headroom: never touch the top
             lo = 0.0 if from_zero and lo == 0.0 else np.floor(lo / step) * step
             # from zero: a sliver below 0 so the "0" tick label is drawn
@@ -254,7 +257,8 @@ class OutstandingOpsGraph(TimeSeriesGraph):
     title = "Outstanding operations by kind"
 
     def __init__(self, parent=None) -> None:
-        super().__init__(parent, left_axis=CountAxis("left"))
+        super().__init__(parent, left_axis=CountAxis("left", integer=True))
+        self.integer_y = True
         self._curves: dict[str, pg.PlotDataItem] = {}
 
     def _curve_for(self, kind: str, order: int) -> pg.PlotDataItem:
