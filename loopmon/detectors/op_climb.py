@@ -63,8 +63,8 @@ class OpClimbDetector:
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
         self.gate = AlertGate(config)
-        nbuckets = max(2, int(round(config.climb_window / config.climb_bucket)))
-        self._buckets: deque = deque(maxlen=nbuckets)   # (bucket index, mean)
+        self._nbuckets = max(2, int(round(config.climb_window / config.climb_bucket)))
+        self._buckets: deque = deque()   # (bucket index, mean), within the window
         self._cur_index: Optional[int] = None
         self._cur_sum = 0.0
         self._cur_n = 0
@@ -79,10 +79,12 @@ class OpClimbDetector:
         if self._cur_index is not None and index != self._cur_index:
             if self._cur_n:
                 self._buckets.append((self._cur_index, self._cur_sum / self._cur_n))
-            if index - self._cur_index > 1:
-                # a gap with no samples (a stalled collector): the series is not
-                # continuous any more; start over rather than test across the hole
-                self._buckets.clear()
+            # drop buckets that left the window.  A bucket with no samples (a collector
+            # starved of the GIL for a moment) is simply absent: the sign test compares the
+            # buckets that exist, in order, which is still a fair test of a trend
+            oldest = index - self._nbuckets
+            while self._buckets and self._buckets[0][0] < oldest:
+                self._buckets.popleft()
             self._cur_sum = 0.0
             self._cur_n = 0
             closed = True
@@ -94,8 +96,8 @@ class OpClimbDetector:
     def evaluate(self, monitor: "Monitor", now: float) -> list[Alert]:
         if not self.add_sample(now, len(monitor.outstanding())):
             return []
-        if len(self._buckets) < self._buckets.maxlen:
-            return []   # window not yet full
+        if len(self._buckets) < max(3, (3 * self._nbuckets) // 4):
+            return []   # not enough of the window seen yet
         cfg = self.config
         means = [m for _, m in self._buckets]
         ups, changes, p, rise = climb_verdict(means)

@@ -346,14 +346,25 @@ def test_op_climb_min_changes_edge():
     assert _feed_counts(m, OpClimbDetector(cfg2), list(range(1, 14)), t0 + 100)
 
 
-def test_op_climb_restarts_after_a_sampling_gap():
-    d = OpClimbDetector(CFG)
+def test_op_climb_window_slides_and_survives_missing_buckets():
+    d = OpClimbDetector(CFG)                   # 20 buckets of 1 s
     t0 = 1000.0
     for i in range(25):
         d.add_sample(t0 + i, i)
-    assert len(d._buckets) == 20
-    d.add_sample(t0 + 40, 0)           # the collector stalled for 15 s
+    assert [b for b, _ in d._buckets] == list(range(1004, 1024))
+    for i in range(25, 40, 3):                 # a collector that only ticks every 3 s
+        d.add_sample(t0 + i, i)
+    assert [b for b, _ in d._buckets] == list(range(1017, 1025)) + [1025, 1028, 1031, 1034]
+    d.add_sample(t0 + 100, 0)                  # after a long stall the old window is gone
     assert len(d._buckets) == 0
+
+
+def test_op_climb_needs_most_of_the_window():
+    d = OpClimbDetector(CFG)
+    m = Monitor()
+    t0 = float(int(time.monotonic()))
+    # a perfect climb seen for only 10 of the 20 s: no verdict yet
+    assert _feed_counts(m, d, [5 + 2 * i for i in range(10)], t0) == []
 
 
 # ---------------------------------------------------------------------------- loop-lag

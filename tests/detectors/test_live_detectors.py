@@ -15,7 +15,8 @@ from detector_rig import run_workload
 from loopmon.detectors import DetectorConfig
 
 FAST = dataclasses.replace(DetectorConfig(), stuck_after=0.5, climb_window=4.0,
-                           climb_bucket=0.25, climb_min_changes=10, lag_window=2.0)
+                           climb_bucket=0.5, climb_min_changes=6, climb_alpha=0.01,
+                           lag_window=2.0)
 
 
 async def send_to_a_peer_that_never_reads(argv: list[str]) -> int:
