@@ -163,7 +163,8 @@ async def connect(target: Union[int, str], *, token: Optional[str] = None,
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConnectError(f"cannot connect to {endpoint}: {reason}") from None
     try:
-        writer.write(wire.STREAM_HEADER + wire.encode_frame(wire.ClientHello(token, client_name, op_events)))
+        hello = wire.ClientHello(token, client_name, op_events)
+        writer.write(wire.STREAM_HEADER + wire.encode_frame(hello))
 
         async def handshake() -> Any:
             await wire.read_stream_header(reader)
@@ -180,12 +181,13 @@ async def connect(target: Union[int, str], *, token: Optional[str] = None,
         writer.close()
         raise ConnectError(f"{endpoint} closed the connection during the handshake: "
                            f"{exc}") from None
+    if first is None:
+        writer.close()
+        raise ConnectError(f"{endpoint} closed the connection during the handshake")
     if isinstance(first, wire.ErrorFrame):
         writer.close()
         raise ConnectError(f"{endpoint} refused the connection: {first.message}")
     if not isinstance(first, Hello):
         writer.close()
         raise ConnectError(f"{endpoint} sent {type(first).__name__} instead of Hello")
-    if first is None:
-        raise ConnectError(f"{endpoint} closed the connection during the handshake")
     return Client(reader, writer, first, endpoint)

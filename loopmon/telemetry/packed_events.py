@@ -14,8 +14,8 @@ int beyond 64 bits, a non-str error) makes ``encode_packed`` return None and the
 back to the generic tagged encoding -- the packed form is an optimisation, never a limit.
 
 Traps: columns are explicitly little-endian (``struct`` "<"), whatever the host; the code
-bytes and the column lengths come from the peer, so every ``take`` is bounds-checked and an unknown code or
-an out-of-range string index is a ``ProtocolError``.  Layouts change only with the protocol
+bytes and the column lengths come from the peer, so every ``take`` is bounds-checked, and an
+unknown code or an out-of-range string index is a ``ProtocolError``.  Layouts change only with the protocol
 version and ``docs/PROTOCOL.md``.
 """
 from __future__ import annotations
