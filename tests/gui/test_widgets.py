@@ -164,3 +164,20 @@ def _pixel_std(img) -> float:
     ptr = img.constBits()
     arr = np.frombuffer(ptr, dtype=np.uint8, count=img.sizeInBytes())
     return float(arr.reshape(img.height(), -1)[:, : img.width() * 4].std())
+
+
+def test_graphs_follow_the_palette_light_and_dark(qtbot):
+    from PySide6.QtGui import QColor, QPalette
+    from app import MemoryGraph, OperationTimeline
+    for base, text in (("#ffffff", "#000000"), ("#1e1e1e", "#e0e0e0")):
+        pal = QPalette()
+        pal.setColor(QPalette.ColorRole.Base, QColor(base))
+        pal.setColor(QPalette.ColorRole.Text, QColor(text))
+        for cls in (MemoryGraph, OperationTimeline):
+            w = cls()
+            qtbot.addWidget(w)
+            w.setPalette(pal)
+            w.apply_palette()
+            assert w.backgroundBrush().color().name() == base
+            axis = w.plot_item.getAxis("bottom")
+            assert axis.textPen().color().name() == text
