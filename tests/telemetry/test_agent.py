@@ -291,3 +291,35 @@ def test_agent_in_a_forked_child_does_nothing(runtime_dir):
     finally:
         agent.close()
     assert os.listdir(runtime_dir) == []
+
+
+def test_stream_follows_the_programs_next_loop(tmp_path, children):
+    """Two asyncio.run() calls: one connection sees both loops, then Goodbye at exit."""
+    script = tmp_path / "two_loops.py"
+    script.write_text(
+        "import asyncio\n"
+        "async def work(n):\n"
+        "    srv = await asyncio.start_server(lambda r, w: w.close(), '127.0.0.1', 0)\n"
+        "    port = srv.sockets[0].getsockname()[1]\n"
+        "    for _ in range(n):\n"
+        "        r, w = await asyncio.open_connection('127.0.0.1', port)\n"
+        "        w.close()\n"
+        "        await asyncio.sleep(0.01)\n"
+        "    srv.close()\n"
+        "print('ready', flush=True)\n"
+        "asyncio.run(work(200))\n"
+        "asyncio.run(work(100))\n")
+    p = children.loopmon("run", "--sample-ms", "20", str(script))
+    assert p.stdout.readline().strip() == "ready"
+    wait_discovered(p.pid)
+
+    async def follow():
+        c = await lmclient.connect(p.pid)
+        return [m async for m in c]
+    msgs = run_async(follow())
+    samples = [m for m in msgs if isinstance(m, Sample)]
+    # counters restart: ops_submitted drops once, when the second loop takes over
+    subs = [s.counters["ops_submitted"] for s in samples]
+    restarts = sum(1 for a, b in zip(subs, subs[1:]) if b < a)
+    assert restarts == 1, subs
+    assert isinstance(msgs[-1], Goodbye) and p.wait(10) == 0
