@@ -426,8 +426,10 @@ class Agent:
             sub.wake_event.set()      # type: ignore[attr-defined]
         tasks = list(self._session_tasks)
         if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=1.0)
+            # healthy clients take the Goodbye in milliseconds; a stalled one must not
+            # hold up the exit of the program it watches
+            _, pending = await asyncio.wait(tasks, timeout=0.5)
             for t in pending:
                 t.cancel()                # stalled clients: abort
             if pending:
-                await asyncio.wait(pending, timeout=0.5)
+                await asyncio.wait(pending, timeout=0.25)
