@@ -19,6 +19,7 @@ message clears it).  Both structures are capped so a runaway target cannot grow 
 """
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
@@ -177,7 +178,10 @@ class OpLifecycles:
 
     def spans_since(self, t_from: float) -> list[Span]:
         """Spans that overlap ``[t_from, now]``: finished ones, then the open ones."""
-        out = [s for s in self.finished if s.end >= t_from]
+        # finished spans are appended as they end, so walk back from the newest and stop at
+        # the first that ended before t_from (a deque of 8 000 costs nothing to skip)
+        out = list(itertools.takewhile(lambda s: s.end >= t_from, reversed(self.finished)))
+        out.reverse()
         out.extend(s for s in list(self.open.values()))
         return out
 
