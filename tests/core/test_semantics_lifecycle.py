@@ -121,8 +121,6 @@ def test_closed_loop_io_methods_raise(aloop):
 def test_running_loop_errors(aloop, arun):
     async def main():
         loop = asyncio.get_running_loop()
-        with pytest.raises(RuntimeError):
-            loop.run_forever()
         coro = asyncio.sleep(0)
         with pytest.raises(RuntimeError):
             loop.run_until_complete(coro)
@@ -130,6 +128,13 @@ def test_running_loop_errors(aloop, arun):
         with pytest.raises(RuntimeError):
             loop.close()
         assert not loop.is_closed()
+        if not (3, 13, 0) <= sys.version_info[:3] < (3, 13, 1):
+            # CPython 3.13.0 runs its run_forever cleanup even when the setup check fails,
+            # which unsets the running loop of the loop that *is* running: skip it there.
+            with pytest.raises(RuntimeError):
+                loop.run_forever()
+            assert asyncio.get_running_loop() is loop
+        await asyncio.sleep(0)
     arun(main())
 
 
@@ -169,7 +174,12 @@ def test_protocol_exception_reported_and_transport_closed(aloop, arun):
 
     async def main():
         loop = asyncio.get_running_loop()
-        server = await asyncio.start_server(lambda r, w: w.write(b"trigger"), "127.0.0.1", 0)
+        async def handler(reader, writer):
+            writer.write(b"trigger")
+            await reader.read()          # until the client's transport goes away
+            writer.close()
+
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         tr, proto = await loop.create_connection(Bad, "127.0.0.1", port)
         exc = await asyncio.wait_for(proto.lost, 10)
