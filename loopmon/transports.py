@@ -12,7 +12,7 @@ loss shows up, so the count must be taken at the moment of hand-over and not bef
 * The datagram transport delivers in a ``finally`` clause of ``_loop_reading``; we work out
   beforehand whether that call will deliver (the same conditions it checks) and count then.
 
-Three fixes ride along, for bare and instrumented loops alike (a bare loop has
+Four changes ride along, for bare and instrumented loops alike (a bare loop has
 ``loop.monitor is None`` and counts nothing):
 
 * ``_call_connection_lost`` calls ``sock.shutdown()``, which raises ``ENOTCONN`` on POSIX
@@ -20,6 +20,7 @@ Three fixes ride along, for bare and instrumented loops alike (a bare loop has
 * The stdlib write-pipe transport learns that the reader of a write pipe went away from a
   16-byte ``recv`` on the write end, which works on a Windows named pipe but not on a POSIX
   pipe, so ``WritePipeTransport`` asks the backend for ``wait_pipe_closed`` instead.
+* Socket writes that complete inline skip the done-callback hop (``_InlineWriteMixin``).
 * An exception raised by ``data_received`` is a fatal error for the transport, as on the
   selector loop (the stdlib proactor lets it escape and leaves the transport open).
 """
@@ -31,6 +32,7 @@ _ReadPipe = proactor_events._ProactorReadPipeTransport
 _read_pipe_data_received = _ReadPipe._data_received
 _datagram_loop_reading = proactor_events._ProactorDatagramTransport._loop_reading
 _datagram_loop_writing = proactor_events._ProactorDatagramTransport._loop_writing
+_base_write = proactor_events._ProactorBaseWritePipeTransport.write
 
 
 class _ShutdownTolerantSocket:
@@ -92,9 +94,43 @@ class _CountDeliveredMixin:
             self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
 
 
-class SocketTransport(_CountDeliveredMixin, _TolerantCloseMixin,
+class _InlineWriteMixin:
+    """``write()`` on an idle transport submits the send at once and, when the backend
+    completes it inline, is done: no future callback round trip.
+
+    The stdlib proactor transport always waits for the send future's done callback
+    (``_loop_writing(f)``), a ``call_soon`` hop per write even when the send finished inside
+    its submission -- IOCP has to wait for the completion packet anyway, we do not.  Only the
+    IDLE state (no send in flight, nothing buffered, not closing, no EOF written, no sendfile)
+    takes the fast path, so write order and flow control are unchanged; a send that goes
+    pending or fails is handed to the stdlib machinery exactly as ``_loop_writing`` would.
+    """
+
+    __slots__ = ()
+
+    def write(self, data):
+        if (self._write_fut is None and not self._buffer and not self._conn_lost
+                and not self._closing and not self._eof_written and self._empty_waiter is None
+                and data and isinstance(data, (bytes, bytearray, memoryview))):
+            if type(data) is not bytes:
+                data = bytes(data)          # the caller may reuse its buffer
+            fut = self._loop._proactor.send(self._sock, data)
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                return                      # sent inline: still IDLE
+            self._write_fut = fut
+            if not fut.done():
+                self._pending_write = len(data)
+                fut.add_done_callback(self._loop_writing)
+                self._maybe_pause_protocol()
+            else:                           # failed: _loop_writing(f) reports it
+                fut.add_done_callback(self._loop_writing)
+            return
+        _base_write(self, data)
+
+
+class SocketTransport(_CountDeliveredMixin, _InlineWriteMixin, _TolerantCloseMixin,
                       proactor_events._ProactorSocketTransport):
-    """``_ProactorSocketTransport`` + delivered-bytes accounting."""
+    """``_ProactorSocketTransport`` + delivered-bytes accounting + inline writes."""
 
 
 class ReadPipeTransport(_CountDeliveredMixin, _TolerantCloseMixin,

@@ -42,6 +42,12 @@ The traps
   our table does not.  So a record remembers the object it was made for, and a different,
   live object arriving on the same fd number replaces the stale record (failing any ops
   still queued on the dead object with ``EBADF``).
+* **Don't pay for a doomed syscall.**  "Try first" has a price when it fails: a syscall
+  and a ``BlockingIOError``.  In a request/response exchange the receive that follows a
+  receive which emptied the socket almost always fails, so an fd remembers whether its last
+  pending receive drained it (``drained``) and the next receive goes straight to pending.
+  Readiness is level-triggered, so data that arrived meanwhile completes it on the very
+  next ``select()``.
 * **Internal fds are not recorded.**  The loop's self-pipe reader uses ``recv_unrecorded``.
 * **Pipes are not sockets.**  Pipe transports hand us file objects: those use
   ``os.read``/``os.readv``/``os.write`` and record ``KIND_READ_PIPE``/``KIND_WRITE_PIPE``.

@@ -43,7 +43,7 @@ class OpRecord:
     """One pending op.  Owned by the backend between ``op_start`` and ``op_end``."""
 
     __slots__ = ("op_id", "kind", "fd", "requested", "submit_t", "cancel_t",
-                 "buffer_id", "buffer_size", "peer")
+                 "buffer_id", "buffer_size", "buffer_pin_t", "peer")
 
     def __init__(self, op_id: int, kind: int, fd: int, requested: int, submit_t: float) -> None:
         self.op_id = op_id
@@ -54,7 +54,27 @@ class OpRecord:
         self.cancel_t = 0.0        # 0.0: no cancel requested
         self.buffer_id = 0         # 0: holds no buffer
         self.buffer_size = 0
+        self.buffer_pin_t = 0.0
         self.peer: Optional[str] = None
+
+    # While its op runs, a pinned buffer is represented in the buffer table by the OpRecord
+    # itself (one allocation less per pending op on the hot path); these read like a
+    # BufferRecord.  A buffer kept past its op's end gets a real BufferRecord.
+    @property
+    def buf_id(self) -> int:
+        return self.buffer_id
+
+    @property
+    def size(self) -> int:
+        return self.buffer_size
+
+    @property
+    def pin_t(self) -> float:
+        return self.buffer_pin_t
+
+    @property
+    def op_end_t(self) -> float:
+        return 0.0
 
 
 class BufferRecord:
@@ -169,9 +189,10 @@ class Monitor:
             seq = self._seq
             ring_append((next(seq), EV_OP_SUBMIT, t, op_id, kind, fd, requested))
             buf_id = next(self._buf_ids)
-            self._buffers[buf_id] = BufferRecord(buf_id, op_id, kind, size, t)
             rec.buffer_id = buf_id
             rec.buffer_size = size
+            rec.buffer_pin_t = t
+            self._buffers[buf_id] = rec
             self.buffer_bytes_live += size
             self.buffers_pinned += 1
             ring_append((next(seq), EV_BUF_PIN, t, buf_id, op_id, size))
@@ -227,13 +248,19 @@ class Monitor:
             if flags & FLAG_DISCARDED and nbytes:
                 self.bytes_discarded += nbytes
                 self._ring.append((next(self._seq), EV_DISCARD, t, rec.op_id, nbytes))
-            if rec.buffer_id:
+            buf_id = rec.buffer_id
+            if buf_id:
                 if keep_buffer:
-                    buf = self._buffers.get(rec.buffer_id)
-                    if buf is not None:
+                    if self._buffers.get(buf_id) is rec:
+                        buf = BufferRecord(buf_id, rec.op_id, rec.kind, rec.buffer_size,
+                                           rec.buffer_pin_t)
                         buf.op_end_t = t
+                        self._buffers[buf_id] = buf
                 else:
-                    self._release(rec.buffer_id, t)
+                    buf = self._buffers.pop(buf_id, None)
+                    if buf is not None:
+                        self.buffer_bytes_live -= buf.size
+                        self._ring.append((next(self._seq), EV_BUF_RELEASE, t, buf_id))
                     rec.buffer_id = 0
         except Exception as exc:  # pragma: no cover - defensive
             self._note_error(exc)
@@ -245,9 +272,10 @@ class Monitor:
         try:
             t = _monotonic()
             buf_id = next(self._buf_ids)
-            self._buffers[buf_id] = BufferRecord(buf_id, rec.op_id, rec.kind, size, t)
             rec.buffer_id = buf_id
             rec.buffer_size = size
+            rec.buffer_pin_t = t
+            self._buffers[buf_id] = rec
             self.buffer_bytes_live += size
             self.buffers_pinned += 1
             self._ring.append((next(self._seq), EV_BUF_PIN, t, buf_id, rec.op_id, size))
