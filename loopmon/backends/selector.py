@@ -16,7 +16,7 @@ loop once per iteration, exactly where ``IocpProactor`` calls ``GetQueuedComplet
 -- waits, retries the syscall for every op whose fd became ready, and completes futures
 (``op_end``).  Futures completed here run their callbacks in the same loop iteration.
 
-Each fd has one small ``_FdWaiters`` record: FIFO queues of pending read-side and
+Each fd has one small ``FdWaiters`` record (``fdtable``): FIFO queues of pending read-side and
 write-side ops, plus the ``add_reader``/``add_writer`` handles of the loop, which share
 the same selector.  Several ops may queue on one fd (IOCP allows that too); they complete
 in order.
@@ -35,13 +35,9 @@ The traps
 * **A failed send must release its buffer.**  ``send-keeps-buffer`` (opt-in) re-creates
   bpo-32710: a send that fails at submission pins its buffer first, as IOCP allocates
   before ``WSASend``, and then never lets it go -- a real reference kept on the backend.
-* **Registrations are lazy.**  Re-registering an fd for every receive costs two
-  ``epoll_ctl`` calls per round trip, so a direction stays registered after its queue
-  drains and is dropped only when readiness fires with nobody waiting.  The price is a
-  stale registration when a transport closes its socket: the kernel forgets a closed fd,
-  our table does not.  So a record remembers the object it was made for, and a different,
-  live object arriving on the same fd number replaces the stale record (failing any ops
-  still queued on the dead object with ``EBADF``).
+* **Registrations are lazy, and closed fds come back.**  See ``fdtable``: a direction
+  stays registered after its queue drains, and a record replaced when a new object turns up
+  on a recycled fd number.
 * **Don't pay for a doomed syscall.**  "Try first" has a price when it fails: a syscall
   and a ``BlockingIOError``.  In a request/response exchange the receive that follows a
   receive which emptied the socket almost always fails, so an fd remembers whether its last
@@ -70,9 +66,7 @@ from ..monitor.events import (
     KIND_WRITE_PIPE, OUTCOME_CANCELLED, OUTCOME_COMPLETED, OUTCOME_FAILED, RECEIVE_KINDS,
 )
 from .base import FAULT_CANCEL_DROPS_DATA, FAULT_SEND_KEEPS_BUFFER, check_faults
-
-_READ = selectors.EVENT_READ
-_WRITE = selectors.EVENT_WRITE
+from .fdtable import _READ, _WRITE, FdTableMixin, FdWaiters, _fileno_or_none
 _socket = socket.socket
 _WOULD_BLOCK = (BlockingIOError, InterruptedError)
 _LEAK_CAP = 256 * 1024 * 1024   # send-keeps-buffer stops leaking beyond this (the program survives)
@@ -97,32 +91,7 @@ class _PendingOp(asyncio.Future):
         return super().cancel(msg)
 
 
-class _FdWaiters:
-    """Everything waiting on one fd: queued ops per direction and the loop's reader/writer."""
-
-    __slots__ = ("fd", "obj", "readers", "writers", "reader_handle", "writer_handle", "mask",
-                 "drained")
-
-    def __init__(self, fd: int, obj: Any) -> None:
-        self.fd = fd
-        self.obj = obj                  # the socket/file the ops belong to (None: add_reader only)
-        self.readers: deque = deque()
-        self.writers: deque = deque()
-        self.reader_handle: Optional[asyncio.Handle] = None
-        self.writer_handle: Optional[asyncio.Handle] = None
-        self.mask = 0                   # what the selector currently watches
-        self.drained = False            # the last pending receive left the socket empty
-
-
-def _fileno_or_none(obj: Any) -> Optional[int]:
-    try:
-        fd = obj.fileno()
-    except (AttributeError, OSError, ValueError):
-        return None
-    return fd if fd >= 0 else None
-
-
-class SelectorProactor:
+class SelectorProactor(FdTableMixin):
     """A completion-style proactor emulated with ``selectors`` (see the module docstring)."""
 
     backend_name = "selector"
@@ -134,7 +103,7 @@ class SelectorProactor:
         self._drop_cancelled_data = FAULT_CANCEL_DROPS_DATA in self.faults
         self._keep_failed_send_buffers = FAULT_SEND_KEEPS_BUFFER in self.faults
         self._selector = selector if selector is not None else selectors.DefaultSelector()
-        self._fds: dict[int, _FdWaiters] = {}
+        self._fds: dict[int, FdWaiters] = {}
         self._cancelled: list[_PendingOp] = []     # cancel requested; completion due next select()
         self._leaked: list[Any] = []               # send-keeps-buffer: references never released
         self._leaked_bytes = 0
@@ -335,43 +304,6 @@ class SelectorProactor:
             op.cancel()
         self._forget(st)
 
-    # ------------------------------------------------------------------ loop's readers/writers
-    def add_handle(self, fd: int, handle: asyncio.Handle, writer: bool) -> None:
-        """Install the loop's ``add_reader``/``add_writer`` handle (replacing and cancelling one)."""
-        st = self._fds.get(fd)
-        if st is None:
-            st = self._fds[fd] = _FdWaiters(fd, None)
-        elif st.obj is not None and _fileno_or_none(st.obj) != fd:
-            st = self._replace_stale(st, None)
-        if writer:
-            old, st.writer_handle = st.writer_handle, handle
-            self._set_mask(st, st.mask | _WRITE)
-        else:
-            old, st.reader_handle = st.reader_handle, handle
-            self._set_mask(st, st.mask | _READ)
-        if old is not None:
-            old.cancel()
-
-    def remove_handle(self, fd: int, writer: bool) -> bool:
-        st = self._fds.get(fd)
-        if st is None:
-            return False
-        if writer:
-            old, st.writer_handle = st.writer_handle, None
-            want = st.mask & ~_WRITE if not st.writers else st.mask
-        else:
-            old, st.reader_handle = st.reader_handle, None
-            want = st.mask & ~_READ if not st.readers else st.mask
-        if old is None:
-            return False
-        old.cancel()
-        self._set_mask(st, want)
-        return True
-
-    def has_handles(self, fd: int) -> bool:
-        st = self._fds.get(fd)
-        return st is not None and (st.reader_handle is not None or st.writer_handle is not None)
-
     # ------------------------------------------------------------------ the completion pass
     def select(self, timeout: Optional[float] = None) -> tuple:
         """Wait for readiness, run the syscalls of ready ops, complete their futures."""
@@ -414,7 +346,7 @@ class SelectorProactor:
                 self._set_mask(st, want)
         return _NO_EVENTS
 
-    def _run_readers(self, st: _FdWaiters) -> None:
+    def _run_readers(self, st: FdWaiters) -> None:
         q = st.readers
         while q:
             op = q[0]
@@ -463,7 +395,7 @@ class SelectorProactor:
             if rec is not None:
                 self.monitor.op_end(rec, OUTCOME_COMPLETED, nbytes)
 
-    def _run_writers(self, st: _FdWaiters) -> None:
+    def _run_writers(self, st: FdWaiters) -> None:
         q = st.writers
         while q:
             op = q[0]
@@ -518,7 +450,7 @@ class SelectorProactor:
         fd = obj.fileno()
         st = self._fds.get(fd)
         if st is None:
-            st = self._fds[fd] = _FdWaiters(fd, obj)
+            st = self._fds[fd] = FdWaiters(fd, obj)
         elif st.obj is not obj:
             if st.obj is None or _fileno_or_none(st.obj) != fd:
                 st = self._replace_stale(st, obj)
@@ -634,53 +566,6 @@ class SelectorProactor:
         except (OSError, ValueError):
             return 0
         return len(data)
-
-    # ------------------------------------------------------------------ fd table
-    def _set_mask(self, st: _FdWaiters, mask: int) -> None:
-        old = st.mask
-        if mask == old:
-            return
-        sel = self._selector
-        try:
-            if not old:
-                sel.register(st.fd, mask, st)
-            elif not mask:
-                sel.unregister(st.fd)
-            else:
-                sel.modify(st.fd, mask, st)
-        except KeyError:
-            # the selector's table disagrees with ours (a stale fd): start over for this fd
-            try:
-                sel.unregister(st.fd)
-            except (KeyError, ValueError, OSError):
-                pass
-            if mask:
-                sel.register(st.fd, mask, st)
-        st.mask = mask
-
-    def _forget(self, st: _FdWaiters) -> None:
-        if self._fds.get(st.fd) is st:
-            del self._fds[st.fd]
-        if st.mask:
-            try:
-                self._selector.unregister(st.fd)
-            except (KeyError, ValueError, OSError):
-                pass
-            st.mask = 0
-
-    def _replace_stale(self, st: _FdWaiters, obj: Any) -> _FdWaiters:
-        """The fd number now belongs to a new object: the old one was closed behind our back."""
-        stale_ops = list(st.readers) + list(st.writers)
-        st.readers.clear()
-        st.writers.clear()
-        handles = (st.reader_handle, st.writer_handle)
-        self._forget(st)
-        new = self._fds[st.fd] = _FdWaiters(st.fd, obj)
-        if obj is None:
-            new.reader_handle, new.writer_handle = handles  # add_reader keeps its handles
-        for op in stale_ops:
-            self._end_failed(op, OSError(errno.EBADF, "Bad file descriptor (closed while pending)"))
-        return new
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
