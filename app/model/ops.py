@@ -89,6 +89,10 @@ class OutstandingOps:
                 continue   # a malformed op from a newer peer: skip the row, keep the table
             if len(rows) >= self.cap:
                 break
+        # ops submitted after the snapshot was taken, that we already know from events
+        for op_id, row in self.rows.items():
+            if row.submit_t > t and op_id not in rows and len(rows) < self.cap:
+                rows[op_id] = row
         if len(rows) >= SNAPSHOT_CAP_HINT and rows:
             # the agent caps a snapshot at its oldest N ops: ops we know of from events that are
             # newer than the snapshot's newest are not gone, just not listed
@@ -175,6 +179,23 @@ class OpLifecycles:
                 if span.op_id == ev[3]:
                     span.outcome = SPAN_LOST
                     break
+
+    def sync_open(self, rows: dict[int, "OpRow"], t: float) -> None:
+        """Align the open spans with an authoritative in-flight table (an ``Outstanding``).
+
+        Ops in flight before we attached have no ``EV_OP_SUBMIT`` we could have seen: they get a
+        span from their submission time.  Open spans the table (taken at target time ``t``) no
+        longer lists ended while events were lost: their end is unknown, so they are dropped
+        rather than guessed — unless they started after ``t``.
+        """
+        for op_id in [k for k, sp in self.open.items() if k not in rows and sp.start <= t]:
+            del self.open[op_id]
+        for op_id, row in rows.items():
+            if op_id not in self.open and len(self.open) < self.cap:
+                span = Span(op_id, row.kind, row.submit_t, row.submit_t, SPAN_PENDING)
+                if row.cancel_requested:
+                    span.cancel_t = row.submit_t
+                self.open[op_id] = span
 
     def spans_since(self, t_from: float) -> list[Span]:
         """Spans that overlap ``[t_from, now]``: finished ones, then the open ones."""

@@ -118,6 +118,7 @@ class SessionModel:
         elif isinstance(msg, Outstanding):
             self._seen(msg.t)
             self.ops.replace(msg.t, msg.ops)
+            self.lifecycles.sync_open(self.ops.rows, msg.t)
         elif isinstance(msg, Alert):
             self._ingest_alert(msg)
         elif isinstance(msg, History):

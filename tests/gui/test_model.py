@@ -151,3 +151,21 @@ def test_a_capped_snapshot_keeps_newer_ops_known_from_events():
     ops.replace(45.0, snapshot)
     assert 99_999 in ops.rows and 99_998 not in ops.rows
     assert len(ops.rows) == SNAPSHOT_CAP_HINT + 1
+
+
+def test_timeline_spans_follow_the_outstanding_snapshot():
+    m = SessionModel()
+    m.ingest(_hello())
+    m.ingest(OpEvents([(1, EV_OP_SUBMIT, 101.0, 50, KIND_RECV, 3, 10)]))
+    m.ingest(Outstanding(110.0, [dict(op_id=7, kind="recv", fd=3, requested=10, buffer_size=10,
+                                      age=9.5, cancel_requested=False)]))
+    assert set(m.lifecycles.open) == {7}               # 50 ended unseen; 7 predates us
+    assert m.lifecycles.open[7].start == pytest.approx(100.5)
+
+
+def test_ops_started_after_a_snapshot_survive_it():
+    m = SessionModel()
+    m.ingest(_hello())
+    m.ingest(OpEvents([(1, EV_OP_SUBMIT, 110.5, 60, KIND_RECV, 3, 10)]))   # after the snapshot
+    m.ingest(Outstanding(110.0, []))
+    assert 60 in m.ops.rows and 60 in m.lifecycles.open
