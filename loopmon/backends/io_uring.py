@@ -141,6 +141,7 @@ class _MsgHdr(ctypes.Structure):
                 ("addr", ctypes.c_char * 128)]
 
 
+_ADDR_OFFSET, _ADDR_ROOM = _MsgHdr.addr.offset, 128   # (msg.addr itself reads as NUL-cut bytes)
 _libc = ctypes.CDLL(None, use_errno=True)
 _sys_setup = _libc["syscall"]           # [] gives a fresh function object each time
 _sys_setup.restype = ctypes.c_long
@@ -573,7 +574,7 @@ class IoUringProactor:
         msg.iov_len = n
         if raw_addr is None:                    # receive: room for the peer's address
             msg.name = base + _MsgHdr.addr.offset
-            msg.namelen = ctypes.sizeof(msg.addr)
+            msg.namelen = _ADDR_ROOM
         elif raw_addr:                          # send to an address (b"": connected socket)
             ctypes.memmove(base + _MsgHdr.addr.offset, raw_addr, len(raw_addr))
             msg.name = base + _MsgHdr.addr.offset
@@ -676,6 +677,11 @@ class IoUringProactor:
             done = op._lm_done = op._lm_done + res
             if done < length and res > 0:       # short send: the rest, same op
                 self._resubmit(op, opcode, addr + done, length - done, off, op_flags)
+                rec = op._lm_rec
+                if rec is not None:             # what the kernel still reads: the remainder
+                    mon = self.monitor
+                    mon.buffer_release(rec)
+                    mon.buffer_pin(rec, length - done)
                 return
             result = nbytes = done
         elif kind == KIND_RECV_INTO or op._lm_arg == _INTO or kind == KIND_SENDTO:
@@ -689,7 +695,7 @@ class IoUringProactor:
             result = None
         else:                                   # recvmsg: (data or count, peer address)
             msg = op._lm_arg
-            peer = _decode_sockaddr(bytes(msg.addr), msg.namelen)
+            peer = _decode_sockaddr(_string_at(_addressof(msg) + _ADDR_OFFSET, _ADDR_ROOM), msg.namelen)
             result = (_string_at(op._lm_addr, res) if kind == KIND_RECVFROM else res, peer)
         del self._inflight[uid]
         op._lm_backend = None
