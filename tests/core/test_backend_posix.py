@@ -333,3 +333,31 @@ def test_debug_mode_requires_non_blocking_socket():
             s.close()
             loop.set_debug(False)
     run(main)
+
+
+def test_subprocess_without_pidfd_uses_a_waitpid_thread(monkeypatch):
+    monkeypatch.delattr(os, "pidfd_open", raising=False)
+
+    async def main(loop):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "print('hi')", stdout=asyncio.subprocess.PIPE)
+        out, _ = await proc.communicate()
+        assert out.strip() == b"hi" and proc.returncode == 0
+        assert not loop._child_pidfds
+    run(main)
+
+
+def test_another_loop_does_not_steal_signal_wakeups():
+    """The base proactor grabs the process-wide wakeup fd at construction and drops it at
+    close; loopmon gives it back, so a second loop's life does not mute the first's signals."""
+    async def main(loop):
+        got = loop.create_future()
+        loop.add_signal_handler(signal.SIGUSR2, got.set_result, "usr2")
+        other = loopmon.new_event_loop()
+        other.close()
+        plain = asyncio.new_event_loop()
+        plain.close()
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert await asyncio.wait_for(got, 10) == "usr2"
+        loop.remove_signal_handler(signal.SIGUSR2)
+    run(main)
