@@ -41,7 +41,8 @@ The traps
 * **Don't pay for a doomed syscall.**  "Try first" has a price when it fails: a syscall
   and a ``BlockingIOError``.  In a request/response exchange the receive that follows a
   receive which emptied the socket almost always fails, so an fd remembers whether its last
-  pending receive drained it (``drained``) and the next receive goes straight to pending.
+  pending ``recv_into`` drained it (``drained``; that is the stream transports' receive --
+  a short datagram says nothing about the queue) and the next one goes straight to pending.
   Readiness is level-triggered, so data that arrived meanwhile completes it on the very
   next ``select()``.
 * **Internal fds are not recorded.**  The loop's self-pipe reader uses ``recv_unrecorded``.
@@ -121,9 +122,6 @@ class SelectorProactor(FdTableMixin):
     def recv(self, conn: Any, nbytes: int, flags: int = 0) -> asyncio.Future:
         if isinstance(conn, _socket):
             kind = KIND_RECV
-            st = self._fds.get(conn.fileno())
-            if st is not None and st.drained and st.obj is conn:
-                return self._pend(KIND_RECV, conn, None, nbytes, flags, False, self.monitor)
             try:
                 data = conn.recv(nbytes, flags)
             except _WOULD_BLOCK:
@@ -359,7 +357,6 @@ class SelectorProactor(FdTableMixin):
                 elif kind == KIND_RECV:
                     res = obj.recv(op._lm_n, op._lm_arg)
                     nbytes = len(res)
-                    st.drained = 0 < nbytes < op._lm_n
                 elif kind == KIND_READ_PIPE:
                     if op._lm_buf is None:
                         res = os.read(st.fd, op._lm_n)
