@@ -164,7 +164,10 @@ class GraphPanel(QWidget):
             return
         self._drawn_key = key
         width = max(200, self.graphs[0].width())
-        rows = decimate_peaks(rows, 2 * width)
+        decimated = decimate_peaks(rows, 2 * width)
+        # pyqtgraph keeps the arrays it is given; a view into the model's ring would change
+        # under it at the next append (the ring overwrites its oldest row): hand it a copy
+        rows = decimated if decimated is not rows else rows.copy()
         for graph in self.graphs:
             graph.refresh(rows, model)
 
