@@ -5,9 +5,10 @@ coroutine on it with a timeout.  The stdlib ``SelectorEventLoop`` is the referen
 fails there is a wrong test, not a loopmon bug.  loopmon is imported lazily *inside* the factory,
 never skipped: while loopmon (or one of its APIs) is missing, its params must fail.
 
-After every test that passed, an instrumented loop's monitor is checked once the loop is closed:
-no outstanding ops, no live buffers, no instrumentation errors, and every byte received from the
-OS was delivered (a test that deliberately leaves bytes unread says so with
+After every test that passed, an instrumented loop's monitor is checked: just before close, no
+buffer may outlive its op (a leak; close releases everything, so it must be looked for first);
+once the loop is closed, no outstanding ops, no live buffers, no instrumentation errors, nothing
+discarded, and every byte received from the OS was delivered (a test that deliberately leaves bytes unread says so with
 ``@pytest.mark.bytes_unread("why")``).  Tests marked ``no_bare`` (the expensive ones) skip the
 uninstrumented loopmon variant: it runs the same code paths minus the recorder.
 """
@@ -84,6 +85,8 @@ def check_monitor(loop: Any, *, bytes_unread: bool = False) -> None:
         problems.append(f"bytes_received={snap.bytes_received} != "
                         f"bytes_delivered={snap.bytes_delivered} "
                         f"(discarded={snap.bytes_discarded})")
+    if not bytes_unread and snap.bytes_discarded:
+        problems.append(f"bytes_discarded={snap.bytes_discarded} (received, never deliverable)")
     if snap.instrumentation_errors:
         problems.append(f"instrumentation_errors={snap.instrumentation_errors}: "
                         f"{snap.last_instrumentation_error}")
@@ -95,10 +98,23 @@ def monitor_check() -> Callable[..., None]:
     return check_monitor
 
 
-def close_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """Cancel what is left, shut down generators and the executor, close."""
+def leaked_buffers(loop: Any) -> list:
+    """Buffers that outlived their op while the loop is still open (bpo-32710's signature).
+
+    Checked *before* close: at close the backend releases everything it still holds, so a
+    leak is invisible afterwards."""
+    monitor = getattr(loop, "monitor", None)
+    if monitor is None or loop.is_closed():
+        return []
+    return [b for b in monitor.live_buffers() if b.held_after_op_end > 0]
+
+
+def close_loop(loop: asyncio.AbstractEventLoop) -> list:
+    """Cancel what is left, shut down generators and the executor, close.
+
+    Returns the leaked buffers seen just before ``close()``."""
     if loop.is_closed():
-        return
+        return []
     try:
         tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
         for t in tasks:
@@ -107,6 +123,7 @@ def close_loop(loop: asyncio.AbstractEventLoop) -> None:
             loop.run_until_complete(asyncio.wait(tasks, timeout=10))
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.run_until_complete(loop.shutdown_default_executor())
+        return leaked_buffers(loop)
     finally:
         loop.close()
 
@@ -119,13 +136,15 @@ def aloop(request: pytest.FixtureRequest, loop_kind: str):
     elif loop_kind == "loopmon":
         assert loop.monitor is not None
     asyncio.set_event_loop(loop)
+    leaked: list = []
     try:
         yield loop
     finally:
         asyncio.set_event_loop(None)
-        close_loop(loop)
+        leaked = close_loop(loop)
         gc.collect()  # transports left open are finalised now, not during the next test
     if not getattr(request.node, "_loop_call_failed", True):
+        assert not leaked, f"buffers held after their op ended (leak), before close: {leaked[:5]}"
         check_monitor(loop, bytes_unread=request.node.get_closest_marker("bytes_unread") is not None)
 
 
