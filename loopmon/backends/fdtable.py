@@ -143,8 +143,10 @@ class FdTableMixin:
         handles = (st.reader_handle, st.writer_handle)
         self._forget(st)
         new = self._fds[st.fd] = FdWaiters(st.fd, obj)
-        if obj is None:
-            new.reader_handle, new.writer_handle = handles  # add_reader keeps its handles
+        # add_reader/add_writer handles belong to the fd number, as on selector_events
+        new.reader_handle, new.writer_handle = handles
+        self._set_mask(new, (_READ if handles[0] is not None else 0)
+                       | (_WRITE if handles[1] is not None else 0))
         for op in stale_ops:
             self._end_failed(op, OSError(errno.EBADF, "Bad file descriptor (closed while pending)"))
         return new

@@ -159,7 +159,8 @@ class SelectorProactor(FdTableMixin):
             st = self._fds.get(conn.fileno())
             if st is not None and st.drained and st.obj is conn:
                 # the last receive emptied the socket: don't pay for a doomed syscall
-                return self._pend(KIND_RECV_INTO, conn, buf, len(buf), flags, False, self.monitor)
+                return self._pend(KIND_RECV_INTO, conn, buf, len(buf), flags, False,
+                                  self.monitor, st)
             try:
                 n = conn.recv_into(buf, 0, flags)
             except _WOULD_BLOCK:
@@ -440,17 +441,25 @@ class SelectorProactor(FdTableMixin):
 
     # ------------------------------------------------------------------ op bookkeeping
     def _pend(self, kind: int, obj: Any, buf: Any, n: int, arg: Any, write: bool,
-              mon: Any) -> _PendingOp:
-        """Queue an op that would block; the future is its state (no per-op dict/closure)."""
+              mon: Any, st: Optional[FdWaiters] = None) -> _PendingOp:
+        """Queue an op that would block; the future is its state (no per-op dict/closure).
+
+        ``st``: the caller already looked up ``obj``'s record (and it is ``obj``'s).
+        """
         if self._closed:
             raise RuntimeError("the loopmon proactor is closed")
-        fd = obj.fileno()
-        st = self._fds.get(fd)
         if st is None:
-            st = self._fds[fd] = FdWaiters(fd, obj)
-        elif st.obj is not obj:
-            if st.obj is None or _fileno_or_none(st.obj) != fd:
-                st = self._replace_stale(st, obj)
+            fd = obj.fileno()
+            st = self._fds.get(fd)
+            if st is None:
+                st = self._fds[fd] = FdWaiters(fd, obj)
+            elif st.obj is not obj:
+                if st.obj is None:
+                    st.obj = obj            # made by add_reader(fd): the ops' object joins it
+                elif _fileno_or_none(st.obj) != fd:
+                    st = self._replace_stale(st, obj)
+        else:
+            fd = st.fd
         op = _PendingOp(loop=self._loop)
         op._lm_backend = self
         op._lm_kind = kind

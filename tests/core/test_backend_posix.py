@@ -361,3 +361,35 @@ def test_another_loop_does_not_steal_signal_wakeups():
         assert await asyncio.wait_for(got, 10) == "usr2"
         loop.remove_signal_handler(signal.SIGUSR2)
     run(main)
+
+
+def test_add_reader_then_ops_on_the_same_fd():
+    """add_reader's handle survives ops on the same fd, and a recycled fd number."""
+    async def main(loop):
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        hits = []
+        loop.add_reader(b.fileno(), lambda: hits.append(1))
+        t = loop.create_task(loop.sock_recv(a, 10))
+        await asyncio.sleep(0.01)
+        b.send(b"to a")
+        assert await t == b"to a"
+        a.send(b"to b")
+        while not hits:
+            await asyncio.sleep(0.01)
+        assert loop.remove_reader(b.fileno())
+        assert b.recv(10) == b"to b"
+        old_fd = a.fileno()
+        a.close()
+        c, d = socket.socketpair()       # likely reuses a's fd number
+        c.setblocking(False)
+        d.setblocking(False)
+        t = loop.create_task(loop.sock_recv(c, 10))
+        await asyncio.sleep(0.01)
+        d.send(b"fresh")
+        assert await t == b"fresh"
+        for s in (b, c, d):
+            s.close()
+        return old_fd
+    run(main)
