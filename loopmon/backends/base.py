@@ -78,3 +78,13 @@ class ProactorBackend(Protocol):
     def connect(self, conn: socket.socket, address: Any) -> Any: ...
     def sendfile(self, sock: socket.socket, file: Any, offset: int, count: int) -> Any: ...
     def _stop_serving(self, obj: Any) -> None: ...
+
+    # --- what loopmon.ProactorEventLoop needs beyond BaseProactorEventLoop (POSIX) ---------
+    def recv_unrecorded(self, conn: socket.socket, nbytes: int) -> Any:
+        """``recv`` for the loop's self-pipe: never recorded in the monitor."""
+    def wait_pipe_closed(self, pipe: Any) -> Any:
+        """Completes with ``b''`` when the reader of the write pipe ``pipe`` goes away."""
+    def add_handle(self, fd: int, handle: Any, writer: bool) -> None:
+        """``loop.add_reader``/``add_writer``: schedule ``handle`` on readiness (replace, cancel old)."""
+    def remove_handle(self, fd: int, writer: bool) -> bool:
+        """``loop.remove_reader``/``remove_writer``: True if a handle was removed."""

@@ -393,3 +393,13 @@ def test_add_reader_then_ops_on_the_same_fd():
             s.close()
         return old_fd
     run(main)
+
+
+def test_selector_backend_satisfies_the_backend_protocol():
+    from loopmon.backends.base import ProactorBackend
+    from loopmon.backends.selector import SelectorProactor
+    backend = SelectorProactor()
+    try:
+        assert isinstance(backend, ProactorBackend)
+    finally:
+        backend.close()
