@@ -14,7 +14,10 @@ object PEP 683 made immortal that shiboken hands out: ``None``, the bools, ``Ell
 The fix does what PEP 683 does: give those an enormous reference count (2**40) so the stray
 decrements can never reach zero in any realistic lifetime (35 years at a thousand per second).
 ``None`` is never freed anyway, so this changes nothing else.  It is applied once, on import of
-the ``app`` package, only on CPython < 3.12; ``sys.getrefcount(None)`` just reads huge.
+the ``app`` package, only on CPython < 3.12 and only with an affected shiboken (6.11 and later:
+6.10.3 measured clean, 6.11.3 and 6.12.0 leak); ``sys.getrefcount(None)`` then just reads huge.
+pyproject.toml keeps CPython < 3.12 on PySide6 < 6.11, so the guard is for installs that force a
+newer one.
 """
 from __future__ import annotations
 
@@ -28,9 +31,21 @@ def _singletons() -> list[object]:
     return [None, True, False, Ellipsis, NotImplemented, (), "", b"", *range(-5, 257)]
 
 
+def _shiboken_is_affected() -> bool:
+    """True for shiboken6 6.11 and later (and when its version cannot be read: be safe)."""
+    try:
+        from importlib.metadata import version
+        major, minor = (int(x) for x in version("shiboken6").split(".")[:2])
+    except Exception:
+        return True
+    return (major, minor) >= (6, 11)
+
+
 def make_singletons_immortal() -> bool:
     """Give the singletons a practically infinite refcount on CPython < 3.12; True if applied."""
     if sys.version_info >= (3, 12) or sys.implementation.name != "cpython":
+        return False
+    if not _shiboken_is_affected():
         return False
     import ctypes
     for obj in _singletons():
