@@ -403,3 +403,28 @@ def test_selector_backend_satisfies_the_backend_protocol():
         assert isinstance(backend, ProactorBackend)
     finally:
         backend.close()
+
+
+def test_ctrl_c_interrupts_a_sleeping_program():
+    import subprocess
+    code = (
+        "import asyncio, sys, loopmon\n"
+        "loopmon.install()\n"
+        "async def main():\n"
+        "    print('ready', flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0 and b"KeyboardInterrupt" in err
