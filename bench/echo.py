@@ -129,6 +129,13 @@ def _run(factory: Callable[[], asyncio.AbstractEventLoop], coro_fn, *args) -> fl
         loop.close()
 
 
+def _run_timed(factory, coro_fn, *args) -> tuple[float, float]:
+    """(result, process CPU seconds): CPU time is less disturbed by a busy machine."""
+    cpu0 = time.process_time()
+    result = _run(factory, coro_fn, *args)
+    return result, time.process_time() - cpu0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -144,14 +151,17 @@ def main(argv: list[str] | None = None) -> int:
         factories = {k: v for k, v in factories.items() if k in args.only}
     names = list(factories)
     echo: dict[str, list[float]] = {n: [] for n in names}
+    echo_cpu: dict[str, list[float]] = {n: [] for n in names}   # CPU microseconds per round trip
     bulk: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         if r % 2:
             order.reverse()
         for name in order:
-            echo[name].append(_run(factories[name], echo_round_trips,
-                                   args.conns, args.size, args.seconds))
+            rate, cpu = _run_timed(factories[name], echo_round_trips,
+                                   args.conns, args.size, args.seconds)
+            echo[name].append(rate)
+            echo_cpu[name].append(cpu / (rate * args.seconds) * 1e6)
             bulk[name].append(_run(factories[name], large_transfer, args.mb))
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(
             f"{n} {echo[n][-1]:,.0f} rt/s {bulk[n][-1]:,.0f} MB/s" for n in names),
@@ -164,20 +174,24 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} CPUs (shared, noisy machine); {args.rounds} rounds, "
           f"medians; echo: {args.conns} conns x {args.size} B for {args.seconds:g} s; "
           f"large transfer: {args.mb} MiB\n")
-    print(f"| loop | echo round-trips/s | vs stdlib | large transfer MB/s | vs stdlib |")
-    print("|---|---:|---:|---:|---:|")
+    med_cpu = {n: statistics.median(v) for n, v in echo_cpu.items()}
+    print("| loop | echo round-trips/s | vs stdlib | CPU µs / round trip | large transfer MB/s "
+          "| vs stdlib |")
+    print("|---|---:|---:|---:|---:|---:|")
     for n in names:
         re = med_echo[n] / med_echo[ref] if ref in med_echo else float("nan")
         rb = med_bulk[n] / med_bulk[ref] if ref in med_bulk else float("nan")
-        print(f"| {n} | {med_echo[n]:,.0f} | {re:.2f}x | {med_bulk[n]:,.0f} | {rb:.2f}x |")
+        print(f"| {n} | {med_echo[n]:,.0f} | {re:.2f}x | {med_cpu[n]:.1f} | "
+              f"{med_bulk[n]:,.0f} | {rb:.2f}x |")
     if "loopmon bare" in med_echo and "loopmon instrumented" in med_echo:
         over_e = 1 - med_echo["loopmon instrumented"] / med_echo["loopmon bare"]
         over_b = 1 - med_bulk["loopmon instrumented"] / med_bulk["loopmon bare"]
         # per-round pairs are more robust than a ratio of medians on a noisy machine
         pairs = [1 - i / b for i, b in zip(echo["loopmon instrumented"], echo["loopmon bare"])]
+        over_c = med_cpu["loopmon instrumented"] / med_cpu["loopmon bare"] - 1
         print(f"\nInstrumentation overhead (instrumented vs bare): echo {over_e:+.1%} "
-              f"(median of per-round pairs {statistics.median(pairs):+.1%}), "
-              f"large transfer {over_b:+.1%}")
+              f"(median of per-round pairs {statistics.median(pairs):+.1%}; "
+              f"CPU per round trip {over_c:+.1%}), large transfer {over_b:+.1%}")
     return 0
 
 
