@@ -143,6 +143,11 @@ class DatagramTransport(_TolerantCloseMixin, proactor_events._ProactorDatagramTr
 
     def _loop_writing(self, fut=None):
         _datagram_loop_writing(self, fut)
+        # The stdlib stops after handing a failed send to error_received(): the datagrams
+        # queued behind it would wait for the next sendto().  Each pass pops one datagram or
+        # leaves a send in flight, so this ends.
+        while self._write_fut is None and self._buffer and not self._conn_lost:
+            _datagram_loop_writing(self, None)
         if not self._buffer:
             # 3.13.0 counts 8 header bytes per datagram in sendto() but subtracts only the
             # payload here: get_write_buffer_size() would creep up forever.  Empty is zero.

@@ -209,6 +209,8 @@ class SelectorProactor(FdTableMixin):
         """Send *all* of ``buf``; the result is the byte count."""
         is_sock = isinstance(conn, _socket)
         kind = KIND_SEND if is_sock else KIND_WRITE_PIPE
+        if type(buf) is not bytes and type(buf) is not bytearray:
+            buf = memoryview(buf).cast("B")     # count bytes, not items of a typed view
         total = len(buf)
         try:
             n = conn.send(buf, flags) if is_sock else os.write(conn.fileno(), buf)
@@ -223,7 +225,7 @@ class SelectorProactor(FdTableMixin):
             fut = self._loop.create_future()
             fut.set_result(n)
             return fut
-        rest = memoryview(buf).cast("B")[n:] if n else buf
+        rest = memoryview(buf)[n:] if n else buf
         op = self._pend(kind, conn, rest, total, flags, True, self.monitor)
         op._lm_done = n
         return op
@@ -405,7 +407,7 @@ class SelectorProactor(FdTableMixin):
                     n = obj.send(buf, op._lm_arg) if kind == KIND_SEND else os.write(st.fd, buf)
                     op._lm_done += n
                     if n < len(buf):
-                        op._lm_buf = memoryview(buf).cast("B")[n:]
+                        op._lm_buf = memoryview(buf)[n:]
                         return              # the socket buffer is full again
                     res = op._lm_done
                 elif kind == KIND_SENDTO:

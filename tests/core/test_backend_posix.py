@@ -428,3 +428,23 @@ def test_ctrl_c_interrupts_a_sleeping_program():
             proc.kill()
             proc.wait()
     assert proc.returncode != 0 and b"KeyboardInterrupt" in err
+
+
+def test_sock_sendall_of_a_typed_memoryview_sends_all_bytes():
+    import array
+    payload = array.array("i", range(300_000))     # 1.2 MB, 4-byte items
+
+    async def main(loop):
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        send = loop.create_task(loop.sock_sendall(a, memoryview(payload)))
+        got = bytearray()
+        while len(got) < len(payload) * payload.itemsize:
+            got.extend(await loop.sock_recv(b, 1 << 16))
+        await send
+        assert bytes(got) == payload.tobytes()
+        assert loop.monitor.snapshot().bytes_sent == len(got)
+        a.close()
+        b.close()
+    run(main)
