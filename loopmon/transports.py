@@ -5,14 +5,13 @@ are *delivered* -- handed to ``data_received``, fed to a ``BufferedProtocol`` or
 ``datagram_received``.  The gap between the two counters is exactly how bpo-33694-class
 loss shows up, so the count must be taken at the moment of hand-over and not before:
 
-* ``_ProactorReadPipeTransport._data_received`` stashes the bytes instead of delivering them
-  when reading is paused, and ``resume_reading()`` later calls ``_data_received`` again with
-  the same bytes.  So we count in ``_data_received`` only when it is about to deliver
-  (not paused, length > 0), which counts every byte exactly once.
+* Stream and pipe transports deliver through ``_CountDeliveredMixin``, which counts at each
+  hand-over and holds bytes that arrive while reading is paused in a backlog (so they are
+  counted when, and if, they are delivered).
 * The datagram transport delivers in a ``finally`` clause of ``_loop_reading``; we work out
   beforehand whether that call will deliver (the same conditions it checks) and count then.
 
-Four changes ride along, for bare and instrumented loops alike (a bare loop has
+Five changes ride along, for bare and instrumented loops alike (a bare loop has
 ``loop.monitor is None`` and counts nothing):
 
 * ``_call_connection_lost`` calls ``sock.shutdown()``, which raises ``ENOTCONN`` on POSIX
@@ -22,14 +21,16 @@ Four changes ride along, for bare and instrumented loops alike (a bare loop has
   pipe, so ``WritePipeTransport`` asks the backend for ``wait_pipe_closed`` instead.
 * Socket writes that complete inline skip the done-callback hop (``_InlineWriteMixin``).
 * An exception raised by ``data_received`` is a fatal error for the transport, as on the
-  selector loop (the stdlib proactor lets it escape and leaves the transport open).
+  selector loop (the stdlib proactor lets it escape and leaves the transport open); and a
+  ``BufferedProtocol`` that pauses reading gets no more ``buffer_updated`` calls until it
+  resumes (the stdlib feeds it the rest of the chunk regardless).
 """
 from __future__ import annotations
 
 from asyncio import proactor_events
+from asyncio.protocols import BufferedProtocol
+from collections import deque
 
-_ReadPipe = proactor_events._ProactorReadPipeTransport
-_read_pipe_data_received = _ReadPipe._data_received
 _datagram_loop_reading = proactor_events._ProactorDatagramTransport._loop_reading
 _datagram_loop_writing = proactor_events._ProactorDatagramTransport._loop_writing
 _base_write = proactor_events._ProactorBaseWritePipeTransport.write
@@ -74,24 +75,90 @@ class _TolerantCloseMixin:
 
 
 class _CountDeliveredMixin:
-    """Counts bytes at the moment ``_data_received`` hands them to the protocol."""
+    """Hands received bytes to the protocol -- in order, never while paused -- and counts them.
+
+    Replaces the stdlib's ``_data_received``/``resume_reading`` pair.  The stdlib keeps at most
+    one paused chunk (``_pending_data_length``) and feeds a ``BufferedProtocol`` the whole
+    chunk even if the protocol pauses reading half way through it.  Here a *backlog* (a deque
+    of ``(data, length)``, EOF being length 0) holds whatever arrives while paused, plus the
+    unfed rest of a chunk a buffered protocol paused in; ``resume_reading`` drains it, oldest
+    first, before anything newer is delivered.  ``delivered`` is counted per hand-over.
+    """
 
     __slots__ = ()
+    _lm_backlog = None          # deque, created on first need
 
     def _data_received(self, data, length):
-        if length > 0 and not self._paused:
-            mon = self._loop.monitor
-            if mon is not None:
-                mon.delivered(length)
+        backlog = self._lm_backlog
+        if self._paused or backlog:
+            if backlog is None:
+                backlog = self._lm_backlog = deque()
+            backlog.append((data, length))
+            return
+        self._lm_deliver(data, length)
+
+    def resume_reading(self):
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        if self._read_fut is None:
+            self._loop.call_soon(self._loop_reading, None)
+        if self._lm_backlog:
+            self._loop.call_soon(self._lm_drain_backlog)
+
+    def _lm_drain_backlog(self):
+        backlog = self._lm_backlog
+        while backlog and not self._paused and not self._closing:
+            data, length = backlog.popleft()
+            self._lm_deliver(data, length)
+
+    def _lm_deliver(self, data, length):
+        if length == 0:
+            self._eof_received()
+            return
+        protocol = self._protocol
+        mon = self._loop.monitor
+        if isinstance(protocol, BufferedProtocol):
+            try:
+                rest = self._lm_feed_buffered(protocol, data, mon)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+                return
+            if rest is not None:            # paused half way: the rest goes first next time
+                if self._lm_backlog is None:
+                    self._lm_backlog = deque()
+                self._lm_backlog.appendleft((rest, len(rest)))
+            return
+        if mon is not None:
+            mon.delivered(length)
         try:
-            _read_pipe_data_received(self, data, length)
+            protocol.data_received(data)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            # the stdlib proactor lets a data_received() exception escape _loop_reading and
-            # keeps the transport open; asyncio's documented (selector) behaviour is a
-            # fatal error: exception handler + connection_lost(exc)
+            # the stdlib proactor lets this escape _loop_reading and keeps the transport
+            # open; asyncio's documented (selector) behaviour is a fatal transport error
             self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+
+    def _lm_feed_buffered(self, protocol, data, mon):
+        """``protocols._feed_data_to_buffered_proto`` that stops when the protocol pauses."""
+        view = memoryview(data)
+        pos, end = 0, len(view)
+        while pos < end:
+            buf = protocol.get_buffer(end - pos)
+            n = min(len(buf), end - pos)
+            if not n:
+                raise RuntimeError("get_buffer() returned an empty buffer")
+            buf[:n] = view[pos:pos + n]
+            pos += n
+            if mon is not None:
+                mon.delivered(n)
+            protocol.buffer_updated(n)
+            if self._paused and pos < end:
+                return bytes(view[pos:])
+        return None
 
 
 class _InlineWriteMixin:

@@ -486,3 +486,39 @@ def test_monitor_exception_is_swallowed_and_counted():
     snap = mon.snapshot()
     assert snap.instrumentation_errors > 0
     assert "ring exploded" in snap.last_instrumentation_error
+
+
+def test_bytes_held_while_paused_are_delivered_on_resume():
+    """Delivered is counted at hand-over: while reading is paused, received > delivered."""
+    async def main(loop):
+        got = bytearray()
+
+        class P(asyncio.Protocol):
+            def data_received(self, data):
+                got.extend(data)
+
+        a, b = socket.socketpair()
+        tr, _ = await loop.create_connection(P, sock=a)
+        b.setblocking(False)
+        await loop.sock_sendall(b, b"1" * 1000)
+        while len(got) < 1000:
+            await asyncio.sleep(0.01)
+        tr.pause_reading()
+        await loop.sock_sendall(b, b"2" * 3000)        # the read in flight completes, held
+        for _ in range(100):
+            snap = loop.monitor.snapshot()
+            if snap.bytes_received > snap.bytes_delivered:
+                break
+            await asyncio.sleep(0.01)
+        assert snap.bytes_received - snap.bytes_delivered > 0
+        assert len(got) == 1000                         # nothing handed over while paused
+        tr.resume_reading()
+        while len(got) < 4000:
+            await asyncio.sleep(0.01)
+        assert bytes(got) == b"1" * 1000 + b"2" * 3000
+        tr.close()
+        b.close()
+        await asyncio.sleep(0.01)
+
+    _, mon = run(main)
+    assert_clean(mon)
