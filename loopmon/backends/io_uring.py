@@ -74,6 +74,7 @@ import socket
 import struct
 import time
 import warnings
+from collections import deque
 from typing import Any, Iterable, Optional
 
 from ..monitor.events import (
@@ -81,7 +82,7 @@ from ..monitor.events import (
     KIND_RECVFROM, KIND_RECVFROM_INTO, KIND_SEND, KIND_SENDTO, KIND_WRITE_PIPE,
     OUTCOME_CANCELLED, OUTCOME_COMPLETED, OUTCOME_FAILED, RECEIVE_KINDS,
 )
-from .base import FAULT_SEND_KEEPS_BUFFER, check_faults
+from .base import FAULT_CANCEL_DROPS_DATA, FAULT_SEND_KEEPS_BUFFER, check_faults
 from .selector import SelectorProactor, _fileno_or_none
 
 # --- kernel ABI (include/uapi/linux/io_uring.h) ---------------------------------------------
@@ -356,6 +357,61 @@ def probe() -> Optional[str]:
     return None
 
 
+# --- carry-over of late completions ----------------------------------------------------------
+class _CarryOver:
+    """Results of cancelled ops that completed anyway, kept for the next op on the same object.
+
+    A late receive's bytes (or datagram, or accepted connection) go to the next receive (or
+    accept) on that socket, so a cancelled ``sock_recv`` loses nothing, as asyncio promises.
+    Keyed by fd, remembering the object: a different object on the same fd number means the
+    old one was closed, and what it carried is dropped (reported as discarded).
+    """
+
+    __slots__ = ("by_fd",)
+
+    def __init__(self) -> None:
+        self.by_fd: dict[int, tuple] = {}
+
+    def put(self, obj: Any, fd: int, item: Any, mon: Any) -> None:
+        entry = self.by_fd.get(fd)
+        if entry is None or entry[0] is not obj:
+            if entry is not None:
+                self.drop(fd, mon)
+            entry = self.by_fd[fd] = (obj, deque())
+        entry[1].append(item)
+
+    def take(self, obj: Any, mon: Any) -> Optional[deque]:
+        """The queue of results for ``obj``, or None."""
+        fd = _fileno_or_none(obj)
+        entry = self.by_fd.get(fd) if fd is not None else None
+        if entry is None:
+            return None
+        if entry[0] is not obj:
+            self.drop(fd, mon)
+            return None
+        return entry[1]
+
+    def done_with(self, obj: Any, q: deque) -> None:
+        if not q:
+            fd = _fileno_or_none(obj)
+            entry = self.by_fd.get(fd)
+            if entry is not None and entry[1] is q:
+                del self.by_fd[fd]
+
+    def drop(self, fd: int, mon: Any) -> None:
+        entry = self.by_fd.pop(fd, None)
+        for item in entry[1] if entry is not None else ():
+            data = item[0] if type(item) is tuple else item
+            if isinstance(data, _socket):
+                data.close()                    # a connection nobody took
+            elif data and mon is not None:
+                mon.discarded(len(data))
+
+    def drop_all(self, mon: Any) -> None:
+        for fd in list(self.by_fd):
+            self.drop(fd, mon)
+
+
 # --- ops ---------------------------------------------------------------------------------------
 class _RingOp(asyncio.Future):
     """A submitted op *is* its future; its state lives in these slots until its CQE.
@@ -386,6 +442,10 @@ class IoUringProactor:
         self.monitor = monitor
         self.faults = check_faults(faults)
         self._keep_failed_send_buffers = FAULT_SEND_KEEPS_BUFFER in self.faults
+        # cancel-drops-data: a late receive completion is dropped (raw io_uring, bpo-33694)
+        # instead of being carried over to the next receive
+        self._drop_cancelled_data = FAULT_CANCEL_DROPS_DATA in self.faults
+        self._carry = _CarryOver()
         self._ring = _Ring()
         # pre-5.11 kernels have no EXT_ARG: the loop's timeout becomes a TIMEOUT SQE
         self._timeout_sqe = use_timeout_sqe or not self._ring.ext_arg
@@ -410,6 +470,8 @@ class IoUringProactor:
 
     # ------------------------------------------------------------------ receives
     def recv(self, conn: Any, nbytes: int, flags: int = 0) -> asyncio.Future:
+        if self._carry.by_fd and (q := self._carry.take(conn, self.monitor)) is not None:
+            return self._from_carry(KIND_RECV, conn, q, nbytes, None)
         if nbytes <= 0:
             return self._fallback.recv(conn, nbytes, flags)
         buf = ctypes.create_string_buffer(nbytes)
@@ -421,10 +483,17 @@ class IoUringProactor:
 
     def recv_unrecorded(self, conn: _socket, nbytes: int) -> asyncio.Future:
         """``recv`` for the loop's own fds (the self-pipe): never shows in the monitor."""
+        if self._carry.by_fd and (q := self._carry.take(conn, None)) is not None:
+            fut = self._loop.create_future()
+            fut.set_result(q.popleft())
+            self._carry.done_with(conn, q)
+            return fut
         buf = ctypes.create_string_buffer(nbytes)
         return self._submit(KIND_RECV, conn, _OP_RECV, _addressof(buf), nbytes, 0, 0, buf, None)
 
     def recv_into(self, conn: Any, buf: Any, flags: int = 0) -> asyncio.Future:
+        if self._carry.by_fd and (q := self._carry.take(conn, self.monitor)) is not None:
+            return self._from_carry(KIND_RECV_INTO, conn, q, _nbytes(buf), buf)
         size = _nbytes(buf)
         try:
             addr, keep = _buffer_address(buf, True) if size else (0, None)
@@ -439,6 +508,8 @@ class IoUringProactor:
                             self.monitor, _INTO)
 
     def recvfrom(self, conn: _socket, nbytes: int, flags: int = 0) -> asyncio.Future:
+        if self._carry.by_fd and (q := self._carry.take(conn, self.monitor)) is not None:
+            return self._from_carry(KIND_RECVFROM, conn, q, nbytes, None)
         if conn.family not in (socket.AF_INET, socket.AF_INET6) or nbytes <= 0:
             return self._fallback.recvfrom(conn, nbytes, flags)
         buf = ctypes.create_string_buffer(nbytes)
@@ -449,6 +520,8 @@ class IoUringProactor:
                       flags: int = 0) -> asyncio.Future:
         size = _nbytes(buf)
         nbytes = min(nbytes or size, size)
+        if self._carry.by_fd and (q := self._carry.take(conn, self.monitor)) is not None:
+            return self._from_carry(KIND_RECVFROM_INTO, conn, q, nbytes, buf)
         if conn.family not in (socket.AF_INET, socket.AF_INET6) or nbytes <= 0:
             return self._fallback.recvfrom_into(conn, buf, nbytes, flags)
         try:
@@ -491,6 +564,8 @@ class IoUringProactor:
 
     # ------------------------------------------------------------------ connections
     def accept(self, listener: _socket) -> asyncio.Future:
+        if self._carry.by_fd and (q := self._carry.take(listener, self.monitor)) is not None:
+            return self._from_carry(KIND_ACCEPT, listener, q, 0, None)
         return self._submit(KIND_ACCEPT, listener, _OP_ACCEPT, 0, 0, 0, _ACCEPT_FLAGS, None,
                             self.monitor)
 
@@ -510,7 +585,45 @@ class IoUringProactor:
         for op in list(self._inflight.values()):
             if op._lm_obj is obj and not op.done():
                 op.cancel()
+        fd = _fileno_or_none(obj)
+        if fd is not None and fd in self._carry.by_fd:
+            self._carry.drop(fd, self.monitor)
         self._fallback._stop_serving(obj)
+
+    def _from_carry(self, kind: int, conn: Any, q: deque, nbytes: int,
+                    buf: Any) -> asyncio.Future:
+        """Complete a receive/accept inline from a late completion carried over.
+
+        Its bytes were counted as received when the late completion arrived; this op
+        records 0 so they are not counted twice (the caller counts them delivered).
+        """
+        item = q[0]
+        if kind == KIND_ACCEPT:
+            q.popleft()
+            result = item
+        else:
+            data, peer = item if type(item) is tuple else (item, None)
+            if kind == KIND_RECVFROM or kind == KIND_RECVFROM_INTO or type(item) is tuple:
+                q.popleft()                     # a datagram: one per receive, cut to fit
+                if len(data) > nbytes and self.monitor is not None:
+                    self.monitor.discarded(len(data) - nbytes)
+                data = data[:nbytes]
+            elif len(data) > nbytes:
+                q[0] = data[nbytes:]
+                data = data[:nbytes]
+            else:
+                q.popleft()
+            if buf is not None:
+                memoryview(buf).cast("B")[:len(data)] = data
+                data = len(data)
+            result = (data, peer) if kind in (KIND_RECVFROM, KIND_RECVFROM_INTO) else data
+        self._carry.done_with(conn, q)
+        mon = self.monitor
+        if mon is not None:
+            mon.op_inline(kind, conn.fileno(), nbytes, 0)
+        fut = self._loop.create_future()
+        fut.set_result(result)
+        return fut
 
     # ------------------------------------------------------------------ add_reader/add_writer
     def add_handle(self, fd: int, handle: asyncio.Handle, writer: bool) -> None:
@@ -719,8 +832,9 @@ class IoUringProactor:
         """The CQE of an op whose future was cancelled: what did the kernel actually do?"""
         op._lm_keep = None                      # only now may the buffer go
         kind = op._lm_kind
-        if res >= 0 and kind == KIND_ACCEPT and not op._lm_nop:
-            os.close(res)                       # a connection nobody will take
+        carried = False
+        if res >= 0 and not op._lm_nop and op._lm_phase == _PHASE_IO:
+            carried = self._carry_late(op, res)
         rec = op._lm_rec
         if rec is None:
             return
@@ -730,12 +844,35 @@ class IoUringProactor:
         elif res < 0:
             mon.op_end(rec, OUTCOME_FAILED, op._lm_done, errno.errorcode.get(-res, str(-res)))
         elif kind in RECEIVE_KINDS and res > 0:
-            # the receive finished in the kernel before the cancel got there: real, lost bytes
-            mon.op_end(rec, OUTCOME_COMPLETED, res, "", FLAG_DISCARDED)
+            # the receive finished in the kernel before the cancel got there: carried over to
+            # the next receive, or (cancel-drops-data) real, lost bytes
+            mon.op_end(rec, OUTCOME_COMPLETED, res, "", 0 if carried else FLAG_DISCARDED)
         elif kind == KIND_SEND or kind == KIND_WRITE_PIPE or kind == KIND_SENDTO:
             mon.op_end(rec, OUTCOME_COMPLETED, op._lm_done + res)
         else:
             mon.op_end(rec, OUTCOME_COMPLETED, 0)
+
+    def _carry_late(self, op: _RingOp, res: int) -> bool:
+        """A cancelled op completed anyway: keep its result for the next op on its object."""
+        kind = op._lm_kind
+        if kind == KIND_ACCEPT:
+            try:
+                item = self._accepted(res)
+            except OSError:
+                os.close(res)
+                return False
+        elif kind in RECEIVE_KINDS and res > 0 and not self._drop_cancelled_data:
+            data = _string_at(op._lm_addr, res)
+            if kind == KIND_RECVFROM or kind == KIND_RECVFROM_INTO:
+                msg = op._lm_arg
+                item = (data, _decode_sockaddr(
+                    _string_at(_addressof(msg) + _ADDR_OFFSET, _ADDR_ROOM), msg.namelen))
+            else:
+                item = data
+        else:
+            return False
+        self._carry.put(op._lm_obj, op._lm_fd, item, self.monitor)
+        return True
 
     def _end_failed(self, op: _RingOp, exc: BaseException) -> None:
         op._lm_backend = None
@@ -774,6 +911,7 @@ class IoUringProactor:
                           "at close; their buffers are kept alive", RuntimeWarning)
             self._inflight.clear()
         self._leaked.clear()
+        self._carry.drop_all(self.monitor)      # carried results nobody came for: discarded
         ring.close()
         self._fallback.close()                  # ends whatever is left in the monitor
 

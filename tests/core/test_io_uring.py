@@ -13,7 +13,7 @@ import hashlib
 import os
 import socket
 import threading
-import warnings
+import time
 
 import pytest
 
@@ -361,60 +361,87 @@ def test_cancel_before_submission_becomes_a_nop(uloop):
     assert ends[0][4] == OUTCOME_CANCELLED
 
 
-def test_cancel_race_never_loses_bytes_silently(uloop):
-    """Cancel receives while data arrives: each one is delivered, or reported discarded."""
+@pytest.mark.parametrize("drop", [False, True], ids=["carry-over", "cancel-drops-data"])
+def test_cancel_race_never_loses_bytes_silently(drop):
+    """Cancel receives while data arrives: each byte is delivered, or reported discarded.
+
+    By default a late completion's bytes are carried over to the next receive (nothing is
+    discarded); with the ``cancel-drops-data`` fault they are dropped and reported.
+    """
+    if _UNAVAILABLE is not None:
+        pytest.skip(f"io_uring unavailable here: {_UNAVAILABLE}")
+    loop = loopmon.new_event_loop(backend="io_uring",
+                                  faults=["cancel-drops-data"] if drop else [])
     rounds = 300
     chunk = 100
 
     async def main():
-        loop = asyncio.get_running_loop()
         mon = loop.monitor
         a, b = socket.socketpair()
         a.setblocking(False)
         b.setblocking(False)
         delivered = 0
+        discarded_before = mon.bytes_discarded
         for i in range(rounds):
             fut = loop._proactor.recv(a, 4096)
             if i % 2:
                 await asyncio.sleep(0)             # let the recv reach the kernel first
             b.send(bytes(chunk))                  # data lands while the recv is in flight
             if i % 3 == 0:
-                await asyncio.sleep(0)
+                time.sleep(0.0005)                 # (task work runs: the CQE may be posted)
+            got = 0
             if fut.done() and not fut.cancelled():
-                data = fut.result()
-                mon.delivered(len(data))           # what sock_recv would count
-                delivered += len(data)
+                got = len(fut.result())
+                mon.delivered(got)                 # what sock_recv would count
             else:
                 fut.cancel()
-            await asyncio.sleep(0)
-        await asyncio.sleep(0.05)                 # every cancelled op's CQE is in
-        a.setblocking(True)
-        a.settimeout(0.2)
-        leftover = 0
-        try:
-            while True:
-                data = a.recv(65536)
-                if not data:
-                    break
-                leftover += len(data)
-        except (socket.timeout, BlockingIOError):
-            pass
+            await asyncio.sleep(0.001)             # the cancelled op's CQE arrives
+            # the rest of this round's bytes: carried over, still queued -- or discarded
+            while got < chunk - (mon.bytes_discarded - discarded_before):
+                got += len(await asyncio.wait_for(loop.sock_recv(a, 4096), 5))
+            discarded_before = mon.bytes_discarded
+            delivered += got
+        await asyncio.sleep(0.01)
         snap = mon.snapshot()
         assert snap.ops_outstanding == 0
-        # the kernel's bytes: delivered, reported discarded, or still in the socket
         assert snap.bytes_received == snap.bytes_delivered + snap.bytes_discarded
-        assert delivered + snap.bytes_discarded + leftover == rounds * chunk
+        assert delivered + snap.bytes_discarded == rounds * chunk
+        if not drop:
+            assert snap.bytes_discarded == 0
         a.close()
-        b.close()
         return snap
-    snap = run(uloop, main())
-    ends = ends_by_op(uloop.monitor.drain())
+    try:
+        snap = run(loop, main())
+        ends = ends_by_op(loop.monitor.drain())
+    finally:
+        loop.close()
     discarded = [e for e in ends.values() if e[7] & FLAG_DISCARDED]
     assert sum(e[5] for e in discarded) == snap.bytes_discarded
     assert all(e[4] == OUTCOME_COMPLETED for e in discarded)   # real late completions
-    print(f"\ncancel race: {len(discarded)} late completions discarded "
-          f"({snap.bytes_discarded} B), {snap.ops_cancelled} cancelled clean, "
-          f"{snap.bytes_delivered} B delivered")
+    print(f"\ncancel race ({'drop' if drop else 'carry'}): {snap.late_completions} late "
+          f"completions, {len(discarded)} discarded ({snap.bytes_discarded} B), "
+          f"{snap.ops_cancelled} cancelled clean, {snap.bytes_delivered} B delivered")
+
+
+def test_cancelled_accept_that_completes_hands_the_connection_on(uloop):
+    async def main():
+        loop = asyncio.get_running_loop()
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen()
+        lsock.setblocking(False)
+        for _ in range(5):
+            acc = loop._proactor.accept(lsock)
+            await asyncio.sleep(0.01)
+            c = socket.create_connection(lsock.getsockname(), timeout=5)
+            time.sleep(0.002)
+            acc.cancel()
+            conn, addr = await asyncio.wait_for(loop.sock_accept(lsock), 5)
+            assert addr == c.getsockname()
+            conn.close()
+            c.close()
+        lsock.close()
+    run(uloop, main())
 
 
 def test_close_with_ops_in_flight(uloop):
