@@ -17,6 +17,10 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # ProactorEventLoop imports asyncio.unix_events: load it on first use (and not on Windows)
     if name == "ProactorEventLoop":
+        import sys
+        if sys.platform == "win32":  # pragma: no cover - the IOCP loop subclasses the stdlib's
+            import asyncio
+            return asyncio.ProactorEventLoop
         from .loop import ProactorEventLoop
         return ProactorEventLoop
     raise AttributeError(f"module 'loopmon' has no attribute {name!r}")
