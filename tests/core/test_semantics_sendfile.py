@@ -181,3 +181,63 @@ def test_sock_sendfile_to_reset_peer(aloop, arun, blob_file):
                     await loop.sock_sendfile(c, f, 0)
         c.close()
     arun(main())
+
+
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory) -> tuple[str, bytes]:
+    data = os.urandom(48 * 1024 * 1024)
+    path = tmp_path_factory.mktemp("sendfile_big") / "big.bin"
+    path.write_bytes(data)
+    return str(path), data
+
+
+@pytest.mark.parametrize("api", ["loop.sendfile", "sock_sendfile"])
+def test_cancelled_sendfile_sends_a_clean_prefix(aloop, arun, big_file, api):
+    """Cancel a sendfile stuck on a peer that does not read: the peer then receives a prefix
+    of file[offset:] — contiguous, in order, no stray bytes — and the loop stays usable.
+    (asyncio documents file.tell() as the count sent, but the stdlib selector loop leaves the
+    position untouched on cancellation, so the position itself is not asserted.)"""
+    path, data = big_file
+    offset = 1000
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        accepted = loop.create_future()
+        server = await asyncio.start_server(lambda r, w: accepted.set_result((r, w)),
+                                            "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        if api == "loop.sendfile":
+            tr, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+            raw = None
+        else:
+            raw = socket.socket()
+            raw.setblocking(False)
+            await loop.sock_connect(raw, ("127.0.0.1", port))
+        sreader, swriter = await accepted
+        swriter.transport.pause_reading()           # the peer does not read for now
+        with open(path, "rb") as f:
+            if api == "loop.sendfile":
+                job = asyncio.ensure_future(loop.sendfile(tr, f, offset))
+            else:
+                job = asyncio.ensure_future(loop.sock_sendfile(raw, f, offset))
+            for _ in range(30):
+                await asyncio.sleep(0.005)
+            assert not job.done(), "48 MiB fitted into socket buffers?"
+            job.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await job
+        if raw is None:
+            assert not tr.is_closing()
+            tr.write(b"")                            # the transport still accepts writes
+            tr.close()
+        else:
+            raw.close()
+        swriter.transport.resume_reading()
+        got = await asyncio.wait_for(sreader.read(), 60)
+        swriter.close()
+        server.close()
+        await server.wait_closed()
+        return got
+    got = arun(main())
+    assert 0 < len(got) < len(data) - offset
+    assert got == data[offset:offset + len(got)], "not a clean prefix of the file"

@@ -96,6 +96,26 @@ def test_read_pipe_pause_resume(aloop, arun):
     arun(main())
 
 
+def test_read_pipe_eof_while_paused(aloop, arun):
+    """The writer writes and closes while we are paused: after resume, data, EOF, lost."""
+    rfd, wfd = os.pipe()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto = await loop.connect_read_pipe(PipeReader, open(rfd, "rb", buffering=0))
+        tr.pause_reading()
+        os.write(wfd, b"a" * 30000)
+        os.close(wfd)
+        for _ in range(10):
+            await asyncio.sleep(0.005)
+        assert proto.events == ["made"], proto.events
+        tr.resume_reading()
+        assert await asyncio.wait_for(proto.lost, 30) is None
+        assert proto.events == ["made", "data", "eof", "lost"]
+        assert bytes(proto.data) == b"a" * 30000
+    arun(main())
+
+
 class PipeWriter(asyncio.Protocol):
     def __init__(self):
         self.lost = asyncio.get_running_loop().create_future()
