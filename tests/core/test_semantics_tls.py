@@ -253,3 +253,42 @@ def test_sendfile_over_tls_falls_back(aloop, arun, server_ssl, client_ssl, tmp_p
         await server.wait_closed()
         return result
     assert arun(main()) == data[7:]
+
+
+def test_tls_many_clients_with_tiny_reader_limits(aloop, arun, server_ssl, client_ssl):
+    """20 TLS connections at once; the client readers use a tiny limit so the SSL layer keeps
+    pausing and resuming the TCP transport (SSLProtocol is a BufferedProtocol on 3.11+)."""
+    async def handler(reader, writer):
+        try:
+            n = int((await reader.readline()).decode())
+            block = hashlib.sha256(str(n).encode()).digest() * 4096    # 128 KiB
+            for _ in range(n):
+                writer.write(block)
+                await writer.drain()
+            data = await reader.readexactly(n * 1000)
+            writer.write(hashlib.sha256(data).digest())
+            await writer.drain()
+        finally:
+            writer.close()
+
+    async def client(i, port):
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_ssl, server_hostname="localhost", limit=512)
+        n = 4 + i % 5
+        writer.write(b"%d\n" % n)
+        block = hashlib.sha256(str(n).encode()).digest() * 4096
+        for _ in range(n):
+            assert await reader.readexactly(len(block)) == block
+        up = os.urandom(n * 1000)
+        writer.write(up)
+        assert await reader.readexactly(32) == hashlib.sha256(up).digest()
+        writer.close()
+        await writer.wait_closed()
+
+    async def main():
+        server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=server_ssl)
+        port = server.sockets[0].getsockname()[1]
+        await asyncio.gather(*(client(i, port) for i in range(20)))
+        server.close()
+        await server.wait_closed()
+    arun(main(), timeout=100)
