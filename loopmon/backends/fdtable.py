@@ -56,6 +56,11 @@ def _fileno_or_none(obj: Any) -> Optional[int]:
     return fd if fd >= 0 else None
 
 
+def _fd_or_minus_one(obj: Any) -> int:
+    fd = _fileno_or_none(obj)
+    return -1 if fd is None else fd
+
+
 class FdTableMixin:
     """``self._fds`` and ``self._selector`` bookkeeping for ``SelectorProactor``.
 

@@ -30,11 +30,9 @@ The traps
   ``op_cancel`` and stops waiting for readiness -- but the op stays in flight until its own
   cancelled completion is delivered by the next ``select()`` pass, as on IOCP, where a
   cancel only *asks* the kernel.  That gap is where bpo-33694 lived; the opt-in fault
-  ``cancel-drops-data`` re-creates it: a cancelled receive whose socket already holds data
-  reads the data and drops it (``FLAG_DISCARDED``), exactly what the pre-fix proactor did.
-* **A failed send must release its buffer.**  ``send-keeps-buffer`` (opt-in) re-creates
-  bpo-32710: a send that fails at submission pins its buffer first, as IOCP allocates
-  before ``WSASend``, and then never lets it go -- a real reference kept on the backend.
+  ``cancel-drops-data`` re-creates it (see ``faults``).
+* **A failed send must release its buffer.**  ``send-keeps-buffer`` (opt-in, ``faults``)
+  re-creates bpo-32710, where it did not.
 * **Registrations are lazy, and closed fds come back.**  See ``fdtable``: a direction
   stays registered after its queue drains, and a record replaced when a new object turns up
   on a recycled fd number.
@@ -58,7 +56,6 @@ import errno
 import os
 import selectors
 import socket
-from collections import deque
 from typing import Any, Iterable, Optional
 
 from ..monitor.events import (
@@ -66,11 +63,10 @@ from ..monitor.events import (
     KIND_RECVFROM, KIND_RECVFROM_INTO, KIND_SEND, KIND_SENDFILE, KIND_SENDTO, KIND_WAIT,
     KIND_WRITE_PIPE, OUTCOME_CANCELLED, OUTCOME_COMPLETED, OUTCOME_FAILED, RECEIVE_KINDS,
 )
-from .base import FAULT_CANCEL_DROPS_DATA, FAULT_SEND_KEEPS_BUFFER, check_faults
-from .fdtable import _READ, _WRITE, FdTableMixin, FdWaiters, _fileno_or_none
+from .faults import FaultEmulationMixin
+from .fdtable import _READ, _WRITE, FdTableMixin, FdWaiters, _fd_or_minus_one, _fileno_or_none
 _socket = socket.socket
 _WOULD_BLOCK = (BlockingIOError, InterruptedError)
-_LEAK_CAP = 256 * 1024 * 1024   # send-keeps-buffer stops leaking beyond this (the program survives)
 _NO_EVENTS: tuple = ()
 
 
@@ -92,7 +88,7 @@ class _PendingOp(asyncio.Future):
         return super().cancel(msg)
 
 
-class SelectorProactor(FdTableMixin):
+class SelectorProactor(FaultEmulationMixin, FdTableMixin):
     """A completion-style proactor emulated with ``selectors`` (see the module docstring)."""
 
     backend_name = "selector"
@@ -100,14 +96,10 @@ class SelectorProactor(FdTableMixin):
     def __init__(self, monitor: Any = None, faults: Iterable[str] = (),
                  selector: Optional[selectors.BaseSelector] = None) -> None:
         self.monitor = monitor
-        self.faults = check_faults(faults)
-        self._drop_cancelled_data = FAULT_CANCEL_DROPS_DATA in self.faults
-        self._keep_failed_send_buffers = FAULT_SEND_KEEPS_BUFFER in self.faults
+        self._init_faults(faults)
         self._selector = selector if selector is not None else selectors.DefaultSelector()
         self._fds: dict[int, FdWaiters] = {}
         self._cancelled: list[_PendingOp] = []     # cancel requested; completion due next select()
-        self._leaked: list[Any] = []               # send-keeps-buffer: references never released
-        self._leaked_bytes = 0
         self._loop: Any = None
         self._closed = False
 
@@ -503,28 +495,10 @@ class SelectorProactor(FdTableMixin):
                        exc: BaseException) -> asyncio.Future:
         mon = self.monitor
         if mon is not None:
-            mon.op_failed_inline(kind, _fileno_or_none(obj) or -1, requested, exc)
+            mon.op_failed_inline(kind, _fd_or_minus_one(obj), requested, exc)
         fut = self._loop.create_future()
         fut.set_exception(exc)
         return fut
-
-    def _send_failed_inline(self, kind: int, obj: Any, buf: Any, total: int,
-                            exc: BaseException) -> asyncio.Future:
-        """A send failed at submission.  With ``send-keeps-buffer`` its buffer leaks (bpo-32710)."""
-        if self._keep_failed_send_buffers and self._leaked_bytes + total <= _LEAK_CAP:
-            # a real copy held for good (IOCP allocated one per submission): RSS shows it
-            # even when the program sends the same bytes object every time
-            self._leaked.append(bytearray(buf))
-            self._leaked_bytes += total
-            mon = self.monitor
-            if mon is not None:
-                rec = mon.op_start(kind, _fileno_or_none(obj) or -1, total)
-                mon.buffer_pin(rec, total)      # IOCP allocates before WSASend fails...
-                mon.op_end(rec, OUTCOME_FAILED, 0, type(exc).__name__, keep_buffer=True)
-            fut = self._loop.create_future()
-            fut.set_exception(exc)
-            return fut
-        return self._failed_inline(kind, obj, total, exc)
 
     def _end_failed(self, op: _PendingOp, exc: BaseException) -> None:
         op._lm_backend = None
@@ -564,19 +538,6 @@ class SelectorProactor(FdTableMixin):
                 else:
                     mon.op_end(rec, OUTCOME_CANCELLED, op._lm_done)
 
-    @staticmethod
-    def _read_and_drop(op: _PendingOp) -> int:
-        """Fault ``cancel-drops-data``: the kernel had completed the receive; nobody reads it."""
-        size = max(op._lm_n, 1)
-        try:
-            if op._lm_kind == KIND_READ_PIPE:
-                data = os.read(op._lm_fd, size)
-            else:
-                data = op._lm_obj.recv(size)
-        except (OSError, ValueError):
-            return 0
-        return len(data)
-
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
         """Cancel every op, end them all in the monitor, release leaked buffers, close."""
@@ -594,8 +555,7 @@ class SelectorProactor(FdTableMixin):
             op._lm_buf = None
         self._cancelled = []
         self._fds.clear()
-        self._leaked.clear()
-        self._leaked_bytes = 0
+        self._release_leaks()
         if self.monitor is not None:
             self.monitor.drain_at_close()
         self._selector.close()
