@@ -52,6 +52,9 @@ class DetectorConfig:
     #: accept and an idle connection's pending recv are normal.  Add "accept" to watch a
     #: server that should be getting connections.
     stuck_kinds: tuple[str, ...] = ("send", "sendto", "sendfile", "write_pipe", "connect")
+    #: the in-flight table is scanned at most this often (and at least 4 times per
+    #: ``stuck_after``): it is a copy and a sort of every pending op, on the loop's GIL
+    stuck_check_interval: float = 0.5
 
     # --- op-climb -------------------------------------------------------------------------
     #: the outstanding-op count is averaged over buckets of this length...

@@ -18,15 +18,21 @@ completion of a cancelled op is reaped).
 Evidence comes from two places: the table (always right, even if events were dropped) gives
 the count, bytes, buffer and op ids; the events give each leaking op's outcome and error type
 ("12 of them from failed sends: BrokenPipeError").
+
+Cost: ``observe`` runs on the collector thread, which shares the GIL with the monitored loop,
+for every event the loop records.  So it does no Python work per event: it keeps only the
+ends of ops that did *not* complete (failed, cancelled), picked from the tick's ``EV_OP_END``
+group with a C-level filter (``EventBatch``).  A leaked buffer whose op is not among them
+completed (unless events were dropped, when its outcome is left out of the evidence).
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from itertools import compress, islice, repeat
+from operator import itemgetter, ne
 from typing import TYPE_CHECKING
 
-from ..monitor.events import (
-    EV_BUF_PIN, EV_BUF_RELEASE, EV_OP_END, OUTCOME_FAILED, outcome_name,
-)
+from ..monitor.events import EV_OP_END, OUTCOME_COMPLETED, OUTCOME_FAILED, outcome_name
+from ..telemetry.event_batch import EventBatch
 from ..telemetry.messages import Alert
 from .base import (
     KIND_LEAKED_BUFFER, SEVERITY_CRITICAL, SEVERITY_WARNING, AlertGate, human_bytes, make_alert,
@@ -36,7 +42,10 @@ from .config import DetectorConfig
 if TYPE_CHECKING:  # pragma: no cover
     from ..monitor.recorder import Monitor
 
-_MAX_TRACKED = 20_000   # op / buffer ids remembered for evidence (the table is the truth)
+_MAX_TRACKED = 20_000   # op ends remembered for evidence (the table is the truth)
+_op_of = itemgetter(3)
+_outcome_of = itemgetter(4)
+_outcome_error_of = itemgetter(4, 6)
 
 
 class LeakedBufferDetector:
@@ -45,34 +54,30 @@ class LeakedBufferDetector:
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
         self.gate = AlertGate(config)
-        self._buffer_op: dict[int, int] = {}                  # live buf id -> op id
-        self._op_ends: "OrderedDict[int, tuple[int, str]]" = OrderedDict()  # op -> (outcome, error)
-        self._ops_with_buffer: set[int] = set()
+        # op id -> (outcome, error) of ops that ended other than "completed" (insertion order:
+        # oldest first; trimmed to _MAX_TRACKED).  Completed ops are the bulk of the traffic
+        # and are not remembered: a leaked buffer whose op is not here completed.
+        self._op_ends: dict[int, tuple[int, str]] = {}
         self._known_leaked: set[int] = set()                  # buf ids already counted
         self.leaked_total = 0                                 # distinct buffers ever leaked
         self._next_check = 0.0
 
     def observe(self, events: list[tuple]) -> None:
-        buffer_op = self._buffer_op
-        ops_with_buffer = self._ops_with_buffer
-        for ev in events:
-            code = ev[1]
-            if code == EV_BUF_PIN:
-                if len(buffer_op) >= _MAX_TRACKED:
-                    buffer_op.clear()
-                    ops_with_buffer.clear()
-                buffer_op[ev[3]] = ev[4]
-                ops_with_buffer.add(ev[4])
-            elif code == EV_BUF_RELEASE:
-                op = buffer_op.pop(ev[3], None)
-                if op is not None:
-                    ops_with_buffer.discard(op)
-                    self._op_ends.pop(op, None)
-            elif code == EV_OP_END:
-                if ev[3] in ops_with_buffer:
-                    self._op_ends[ev[3]] = (ev[4], ev[6])
-                    if len(self._op_ends) > _MAX_TRACKED:
-                        self._op_ends.popitem(last=False)
+        """Remember how the ops that did not complete ended (C-level filter, no Python per event).
+
+        The buffer table on the monitor is the truth about what is held; the events only say
+        how a leaking op ended (failed with which error, cancelled).
+        """
+        ends = EventBatch.of(events).group(EV_OP_END)
+        if not ends:
+            return
+        bad = list(compress(ends, map(ne, map(_outcome_of, ends), repeat(OUTCOME_COMPLETED))))
+        if not bad:
+            return
+        op_ends = self._op_ends
+        op_ends.update(zip(map(_op_of, bad), map(_outcome_error_of, bad)))
+        if len(op_ends) > 2 * _MAX_TRACKED:
+            self._op_ends = dict(islice(op_ends.items(), len(op_ends) - _MAX_TRACKED, None))
 
     def evaluate(self, monitor: "Monitor", now: float) -> list[Alert]:
         cfg = self.config
@@ -97,8 +102,10 @@ class LeakedBufferDetector:
         failed = 0
         errors: dict[str, int] = {}
         outcomes: dict[str, int] = {}
+        # ops not remembered completed -- unless their end event was lost (ring overflow)
+        assume_completed = (OUTCOME_COMPLETED, "") if not monitor.events_dropped else None
         for b in leaked:
-            end = self._op_ends.get(b.op_id)
+            end = self._op_ends.get(b.op_id, assume_completed)
             if end is None:
                 continue
             outcomes[outcome_name(end[0])] = outcomes.get(outcome_name(end[0]), 0) + 1

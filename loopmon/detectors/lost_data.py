@@ -32,12 +32,15 @@ risk) but are not an alert on their own: a correct backend delivers them.
 from __future__ import annotations
 
 from collections import deque
+from itertools import compress, repeat
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from ..monitor.events import (
     EV_DISCARD, EV_OP_END, EV_OP_INLINE, EV_OP_SUBMIT, FLAG_DISCARDED, FLAG_LATE_COMPLETION,
     RECEIVE_KINDS,
 )
+from ..telemetry.event_batch import EventBatch
 from ..telemetry.messages import Alert
 from .base import (
     KIND_LOST_DATA, SEVERITY_CRITICAL, SEVERITY_WARNING, AlertGate, human_bytes, make_alert,
@@ -48,6 +51,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..monitor.recorder import Monitor
 
 _MAX_TRACKED_RECV_OPS = 100_000   # pending receive op ids remembered (bounded if events drop)
+_READER_PRUNE_INTERVAL = 1.0      # seconds between sweeps of stale reader fds
+_IS_RECEIVE = RECEIVE_KINDS.__contains__
+_op_of = itemgetter(3)
+_kind_of = itemgetter(4)
+_fd_of = itemgetter(5)
+_kind_fd_of = itemgetter(4, 5)
+_flags_of = itemgetter(7)
 
 
 class LostDataDetector:
@@ -64,34 +74,53 @@ class LostDataDetector:
         self._recv_ops: dict[int, int] = {}     # pending receive op id -> fd
         self._reader_fds: dict[int, float] = {} # fd -> last time a receive op ran on it
         self._gap_since = 0.0                   # start of the current run of over-bound samples
+        self._next_prune = 0.0
 
     # ------------------------------------------------------------------ events
     def observe(self, events: list[tuple]) -> None:
+        """Track pending receives and reading fds; note late completions and discards.
+
+        No Python work per event (this runs on the collector thread, which shares the GIL
+        with the monitored loop): columns are picked with ``itemgetter`` maps, filtered with
+        ``compress`` and poured into the dicts with ``update`` -- all C loops.  Only the rare
+        events (flagged ends, discards) are looked at one by one.  Reader times have tick
+        resolution (the batch's newest event time): the reader window is a minute.
+        """
+        batch = EventBatch.of(events)
+        if not batch:
+            return
+        t = batch[-1][2]
         recv_ops = self._recv_ops
         readers = self._reader_fds
-        for ev in events:
-            code = ev[1]
-            if code == EV_OP_SUBMIT:
-                if ev[4] in RECEIVE_KINDS:
-                    if len(recv_ops) >= _MAX_TRACKED_RECV_OPS:
-                        recv_ops.clear()   # only evidence is lost, and only if events dropped
-                    recv_ops[ev[3]] = ev[5]
-                    readers[ev[5]] = ev[2]
-            elif code == EV_OP_INLINE:
-                if ev[4] in RECEIVE_KINDS:
-                    readers[ev[5]] = ev[2]
-            elif code == EV_OP_END:
-                fd = recv_ops.pop(ev[3], None)
-                if fd is not None:
-                    readers[fd] = ev[2]
-                    flags = ev[7]
-                    if flags & FLAG_LATE_COMPLETION and ev[5] and not flags & FLAG_DISCARDED:
-                        self.late_completions_with_bytes += 1
-                        self.late_completion_bytes += ev[5]
-            elif code == EV_DISCARD:
-                self.discard_events += 1
-                self.discard_event_bytes += ev[4]
-                self.recent_discard_ops.append(ev[3])
+        submits = batch.group(EV_OP_SUBMIT)
+        if submits:
+            recv = list(compress(submits, map(_IS_RECEIVE, map(_kind_of, submits))))
+            if recv:
+                if len(recv_ops) + len(recv) > _MAX_TRACKED_RECV_OPS:
+                    recv_ops.clear()   # only evidence is lost, and only if events dropped
+                recv_ops.update(zip(map(_op_of, recv), map(_fd_of, recv)))
+                readers.update(dict.fromkeys(map(_fd_of, recv), t))
+        inline = batch.group(EV_OP_INLINE)
+        if inline:
+            for kind, fd in set(map(_kind_fd_of, inline)):    # a handful of distinct pairs
+                if kind in RECEIVE_KINDS:
+                    readers[fd] = t
+        ends = batch.group(EV_OP_END)
+        if ends:
+            for ev in compress(ends, map(_flags_of, ends)):    # only ends with flags: rare
+                flags = ev[7]
+                if (flags & FLAG_LATE_COMPLETION and ev[5] and not flags & FLAG_DISCARDED
+                        and ev[3] in recv_ops):
+                    self.late_completions_with_bytes += 1
+                    self.late_completion_bytes += ev[5]
+            if recv_ops:
+                readers.update(dict.fromkeys(map(recv_ops.pop, map(_op_of, ends),
+                                                 repeat(None)), t))
+                readers.pop(None, None)
+        for ev in batch.group(EV_DISCARD):                    # rare
+            self.discard_events += 1
+            self.discard_event_bytes += ev[4]
+            self.recent_discard_ops.append(ev[3])
 
     # ------------------------------------------------------------------ verdict
     def evaluate(self, monitor: "Monitor", now: float) -> list[Alert]:
@@ -127,10 +156,15 @@ class LostDataDetector:
 
     def _check_gap(self, now: float, gap: int, evidence: dict):
         cfg = self.config
+        if gap <= cfg.lost_gap_hold_per_reader + cfg.lost_gap_slack:
+            self._gap_since = 0.0          # below the bound of a single reader: no need to look
+            return None
         readers = self._reader_fds
-        horizon = now - cfg.lost_reader_window
-        for fd in [fd for fd, t in readers.items() if t < horizon]:
-            del readers[fd]
+        if now >= self._next_prune:        # a sweep of every reading fd: not every tick
+            self._next_prune = now + _READER_PRUNE_INTERVAL
+            horizon = now - cfg.lost_reader_window
+            for fd in [fd for fd, t in readers.items() if t < horizon]:
+                del readers[fd]
         bound = cfg.lost_gap_hold_per_reader * max(1, len(readers)) + cfg.lost_gap_slack
         if gap <= bound:
             self._gap_since = 0.0

@@ -7,7 +7,8 @@ count of in-flight ops that keeps rising.  A busy one shows bursts: 200 connecti
 count jumps and later falls back.  Clinic.js Doctor tells the two apart for handles with a sign
 test, and so does this detector:
 
-1. Each tick samples the number of outstanding ops.  Samples are averaged into buckets of
+1. Each tick samples the number of outstanding ops (from the monitor's counters: building the
+   outstanding table every tick would cost the loop's GIL time in proportion to its size).  Samples are averaged into buckets of
    ``climb_bucket`` seconds, so one burst moves one or two buckets, not forty samples.
 2. Over the last ``climb_window`` seconds, take the differences between consecutive bucket
    means and drop the zeros (a flat count carries no sign).  Under "no trend" each remaining
@@ -28,7 +29,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from ..telemetry.messages import Alert
-from .base import KIND_OP_CLIMB, SEVERITY_WARNING, AlertGate, make_alert
+from .base import KIND_OP_CLIMB, SEVERITY_WARNING, AlertGate, make_alert, outstanding_count
 from .config import DetectorConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -94,7 +95,7 @@ class OpClimbDetector:
         return closed
 
     def evaluate(self, monitor: "Monitor", now: float) -> list[Alert]:
-        if not self.add_sample(now, len(monitor.outstanding())):
+        if not self.add_sample(now, outstanding_count(monitor)):
             return []
         if len(self._buckets) < max(3, (3 * self._nbuckets) // 4):
             return []   # not enough of the window seen yet
