@@ -8,8 +8,9 @@
 2. **Echo with a client**: 10 connections x 1 KiB echo round trips over asyncio streams on
    the instrumented loop, in a child process under ``loopmon run`` (agent serving).  Variants,
    alternated over several rounds, medians: the agent with no client, and the agent with a
-   client streaming everything (connected from this process, decoding every frame).  Goal: the
-   client costs <= 5 %.  "no agent" (the instrumented loop alone) is printed for reference.
+   client streaming (connected from this process, decoding every frame) within the agent's
+   default event budget (``--unlimited`` adds a client sent every event).  Goal: the client
+   costs <= 5 %.  "no agent" (the instrumented loop alone) is printed for reference.
 3. **RSS with a client that never reads**: a fast echo workload under ``loopmon run`` with a
    client that completes the handshake and then never reads; the child's RSS is sampled every
    second.  It should stay flat (the per-client queue and transport buffer are bounded).
@@ -29,6 +30,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -117,11 +119,15 @@ else:
 '''
 
 
-def _env(runtime_dir: str) -> dict:
+def _env(runtime_dir: str, **extra: str) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["LOOPMON_RUNTIME_DIR"] = runtime_dir
+    env.update(extra)
     return env
+
+
+UNLIMITED = "agent + client, no budget"
 
 
 class _StreamingClient(threading.Thread):
@@ -131,6 +137,7 @@ class _StreamingClient(threading.Thread):
         super().__init__(daemon=True)
         self.pid = pid
         self.events = 0
+        self.omitted = 0                 # left out by the agent's event budget (last Sample)
         self.connected = threading.Event()
 
     def run(self) -> None:
@@ -143,23 +150,28 @@ class _StreamingClient(threading.Thread):
                 ev = getattr(msg, "events", None)
                 if ev is not None:
                     self.events += len(ev)
+                counters = getattr(msg, "counters", None)
+                if counters:
+                    self.omitted = counters.get("events_omitted", 0)
         asyncio.run(main())
 
 
 def _echo_once(script: str, variant: str, rounds: int,
-               runtime_dir: str) -> tuple[float, int, float, float, float]:
-    """-> (elapsed, events streamed, loop-thread CPU s, other threads' CPU s, client CPU s)"""
+               runtime_dir: str) -> tuple[float, int, int, float, float, float]:
+    """-> (elapsed, events streamed, events omitted, loop-thread CPU s, other threads' CPU s,
+    client CPU s)"""
     if variant == "no agent":
         cmd = [sys.executable, script, str(N_CONNS), str(PAYLOAD), str(rounds), "direct"]
     else:
         cmd = [sys.executable, "-m", "loopmon", "run", script, str(N_CONNS), str(PAYLOAD),
                str(rounds), "policy"]
-    p = subprocess.Popen(cmd, env=_env(runtime_dir), stdin=subprocess.PIPE,
+    extra = {"LOOPMON_EVENT_BUDGET": "0"} if variant == UNLIMITED else {}
+    p = subprocess.Popen(cmd, env=_env(runtime_dir, **extra), stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "ready"
         streamer = None
-        if variant == "agent + client":
+        if variant in ("agent + client", UNLIMITED):
             from loopmon.telemetry import discovery
             os.environ["LOOPMON_RUNTIME_DIR"] = runtime_dir
             while discovery.find(p.pid) is None:
@@ -187,30 +199,34 @@ def _echo_once(script: str, variant: str, rounds: int,
         p.wait(60)
         if streamer is not None:
             streamer.join(10)
-        return elapsed, streamer.events if streamer else 0, loop_cpu, other_cpu, client_cpu
+        if streamer is None:
+            return elapsed, 0, 0, loop_cpu, other_cpu, client_cpu
+        return elapsed, streamer.events, streamer.omitted, loop_cpu, other_cpu, client_cpu
     finally:
         if p.poll() is None:
             p.kill()
 
 
-def bench_echo(rounds: int, per_conn: int) -> dict[str, list[float]]:
+def bench_echo(rounds: int, per_conn: int, unlimited: bool = False) -> dict[str, Any]:
     runtime_dir = tempfile.mkdtemp(prefix="lmbench-")
     script = os.path.join(runtime_dir, "echo_child.py")
     Path(script).write_text(ECHO_CHILD)
-    variants = ["no agent", "agent, no client", "agent + client"]
-    times: dict[str, list] = {v: [] for v in variants}
+    variants = ["no agent", "agent, no client", "agent + client"] + ([UNLIMITED] if unlimited else [])
+    times: dict[str, Any] = {v: [] for v in variants}
     cpu: dict[str, list] = {v: [] for v in variants}
-    streamed = []
+    streamed: dict[str, list] = {v: [] for v in variants}
     for r in range(rounds):
         order = variants if r % 2 == 0 else variants[::-1]
         for v in order:
-            t, n, loop_cpu, other_cpu, client_cpu = _echo_once(script, v, per_conn, runtime_dir)
+            t, n, omitted, loop_cpu, other_cpu, client_cpu = _echo_once(script, v, per_conn,
+                                                                       runtime_dir)
             times[v].append(t)
             cpu[v].append((loop_cpu, other_cpu, client_cpu))
             if n:
-                streamed.append(n / t)
-    times["_streamed_events_per_s"] = streamed
+                streamed[v].append((n / t, omitted / t))
+    times["_streamed"] = streamed
     times["_cpu"] = cpu
+    times["_variants"] = variants
     return times
 
 
@@ -246,12 +262,21 @@ def bench_rss(seconds: float) -> list[tuple[float, float]]:
         p.wait()
 
 
+def _load() -> str:
+    try:
+        return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--per-conn", type=int, default=2000, help="round trips per connection")
     ap.add_argument("--rss-seconds", type=float, default=60.0)
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--unlimited", action="store_true",
+                    help="also run a streaming client with LOOPMON_EVENT_BUDGET=0 (every event)")
     args = ap.parse_args()
 
     enc, dec, size = bench_codec()
@@ -262,18 +287,20 @@ def main() -> None:
     print(f"| op events decoded (client, `wire.FrameDecoder`) | {dec / 1e3:,.0f} k events/s "
           f"| >= 500 k/s |", flush=True)
 
-    times = bench_echo(args.rounds, args.per_conn)
-    med = {k: statistics.median(v) for k, v in times.items() if v and not k.startswith("_")}
+    print(f"| machine load before the echo runs (`uptime`) | {_load()} | |", flush=True)
+    times = bench_echo(args.rounds, args.per_conn, args.unlimited)
+    variants = times["_variants"]
+    med = {k: statistics.median(times[k]) for k in variants}
     n_msgs = N_CONNS * args.per_conn
     base = med["agent, no client"]
-    for v in ("no agent", "agent, no client", "agent + client"):
+    for v in variants:
         ratio = med[v] / base
         goal = "<= 1.05" if v == "agent + client" else ""
         print(f"| echo {N_CONNS} x 1 KiB, {v} (median of {args.rounds}) | "
-              f"{n_msgs / med[v]:,.0f} round trips/s, {ratio:.3f}x time of 'agent, no client' "
-              f"| {goal} |")
+              f"{n_msgs / med[v]:,.0f} round trips/s, {ratio:.3f}x time of 'agent, no client', "
+              f"{med[v] / med['no agent']:.3f}x time of 'no agent' | {goal} |")
     cpu = times["_cpu"]
-    for v in ("no agent", "agent, no client", "agent + client"):
+    for v in variants:
         loop_c = statistics.median(c[0] for c in cpu[v])
         other_c = statistics.median(c[1] for c in cpu[v])
         client_c = statistics.median(c[2] for c in cpu[v])
@@ -281,10 +308,13 @@ def main() -> None:
               f"telemetry threads {1e3 * other_c / n_msgs * 1e3:.1f} ms"
               + (f", client process {1e3 * client_c / n_msgs * 1e3:.1f} ms" if client_c else "")
               + " | |")
-    if times["_streamed_events_per_s"]:
-        print(f"| events streamed to the client during echo | "
-              f"{statistics.median(times['_streamed_events_per_s']):,.0f} events/s | |",
-              flush=True)
+    for v, rates in times["_streamed"].items():
+        if rates:
+            print(f"| events streamed to the client during echo, {v} | "
+                  f"{statistics.median(r[0] for r in rates):,.0f} events/s sent, "
+                  f"{statistics.median(r[1] for r in rates):,.0f} events/s omitted "
+                  f"(event budget) | |", flush=True)
+    print(f"| machine load after (`uptime`) | {_load()} | |", flush=True)
 
     if not args.skip_rss:
         series = bench_rss(args.rss_seconds)

@@ -6,14 +6,22 @@ The monitored loop only appends tuples to its Monitor's bounded ring and bumps p
 Everything else happens here, on a daemon thread that never touches the loop: every
 ``sample_period`` (default 50 ms) it
 
-1. drains the ring (``monitor.drain()``, single consumer: this thread is the only one),
+1. drains the ring (``monitor.drain()``, single consumer: this thread is the only one) into
+   an ``EventBatch`` (per-code views made once, in C, shared by every consumer below),
 2. feeds the events to the detectors (``observe``) and asks them for alerts (``evaluate``);
    the detectors package is imported lazily and may be absent or broken -- its errors are
    counted (``detector_errors``) and never stop sampling,
 3. takes ``monitor.snapshot()`` plus process figures from psutil (RSS, CPU %, threads, fds),
 4. appends the Sample to a bounded history, and
 5. offers ``Alert``, ``OpEvents``, ``Sample`` and (every ``outstanding_every`` ticks)
-   ``Outstanding`` messages to every Subscription.
+   ``Outstanding`` messages to every Subscription -- with no subscriber, nothing is built.
+
+This thread shares the GIL with the monitored loop, so its Python work per event is the
+program's slowdown.  Each subscriber has an **event budget** (op events/s, default 25 k,
+``LOOPMON_EVENT_BUDGET``; see ``event_budget``): above it the tick's events are thinned --
+cancels, discards, failures and whole sampled op lifecycles first -- and the count left out
+travels in that subscriber's ``Sample.counters["events_omitted"]`` (with ``event_budget``).
+Subscribers with the same budget share the selected ``OpEvents`` messages (encoded once).
 
 Subscriptions are bounded queues.  A consumer that falls behind does not grow memory: new
 messages are dropped and counted, and once it catches up it first receives a ``Dropped``
@@ -34,6 +42,7 @@ Traps
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -44,6 +53,8 @@ from collections import deque
 from typing import Any, Callable, Optional
 
 from ..monitor import Monitor
+from .event_batch import EventBatch
+from .event_budget import EventSampler, budget_from_env, effective_budget
 from .messages import (PROTOCOL_MAJOR, PROTOCOL_MINOR, Alert, Dropped, Goodbye, Hello, History,
                        OpEvents, Outstanding, Sample)
 from .wire import OP_EVENTS_PER_FRAME
@@ -62,6 +73,9 @@ class Subscription:
     def __init__(self, collector: "Collector", hello: Hello, maxlen: int,
                  max_events: int = DEFAULT_SUBSCRIPTION_MAX_EVENTS) -> None:
         self.hello = hello
+        self.event_budget = 0            # op events/s this consumer is sent (0: all of them)
+        self._sampler: Optional[EventSampler] = None
+        self._omitted_base = 0           # the sampler's omitted count when we subscribed
         self.maxlen = max(8, maxlen)
         self.max_events = max(1, max_events)
         # queued OpEvents tuples = _events_in - _events_out; each counter has a single writer
@@ -93,6 +107,12 @@ class Subscription:
             pass
         self._events_out += n_events
         return out
+
+    @property
+    def events_omitted(self) -> int:
+        """Op events left out of this consumer's stream by its event budget so far."""
+        s = self._sampler
+        return s.omitted_total - self._omitted_base if s is not None else 0
 
     def close(self) -> None:
         self.closed = True
@@ -155,12 +175,16 @@ class Collector:
     def __init__(self, monitor: Monitor, *, sample_period: float = DEFAULT_SAMPLE_PERIOD,
                  history_seconds: float = 300.0, recent_seconds: float = 60.0,
                  decimate: int = 10, outstanding_every: float = 0.2,
-                 detectors: Optional[list] = None, argv: Optional[list[str]] = None) -> None:
+                 detectors: Optional[list] = None, argv: Optional[list[str]] = None,
+                 event_budget: Optional[int] = None) -> None:
         if sample_period <= 0:
             raise ValueError("sample_period must be positive")
         self.monitor = monitor
         self.sample_period = float(sample_period)
         self.argv = list(sys.argv if argv is None else argv)
+        # op events/s a subscriber is sent at most (0: unlimited); see event_budget.py
+        self.event_budget = budget_from_env() if event_budget is None else max(0, int(event_budget))
+        self._samplers: dict[int, EventSampler] = {}     # one per distinct budget in use
         n_recent = max(1, int(recent_seconds / sample_period))
         n_older = max(0, int((history_seconds - recent_seconds) / (sample_period * decimate)))
         self._recent: deque = deque(maxlen=n_recent)
@@ -215,13 +239,24 @@ class Collector:
             self._finish(reason)
 
     def subscribe(self, maxlen: int = DEFAULT_SUBSCRIPTION_MAXLEN,
-                  max_events: int = DEFAULT_SUBSCRIPTION_MAX_EVENTS) -> Subscription:
+                  max_events: int = DEFAULT_SUBSCRIPTION_MAX_EVENTS,
+                  event_budget: Optional[int] = None) -> Subscription:
         """A new Subscription whose first ``poll()`` returns History + Outstanding.
 
         It holds at most ``maxlen`` messages and ``max_events`` op events; beyond that new
-        messages are dropped, counted, and reported with a ``Dropped`` message."""
+        messages are dropped, counted, and reported with a ``Dropped`` message.
+        ``event_budget`` (op events/s) may only lower the collector's budget; events left
+        out are counted in its Samples' ``counters["events_omitted"]``."""
         sub = Subscription(self, self.hello(), maxlen, max_events)
+        sub.event_budget = effective_budget(self.event_budget, event_budget)
         with self._lock:
+            if sub.event_budget:
+                sampler = self._samplers.get(sub.event_budget)
+                if sampler is None:
+                    sampler = EventSampler(sub.event_budget, self.monitor)
+                    self._samplers[sub.event_budget] = sampler
+                sub._sampler = sampler
+                sub._omitted_base = sampler.omitted_total
             sub._queue.append(History(samples=self.history(), alerts=self.recent_alerts()))
             sub._queue.append(self._outstanding_message())
             if self.finished:
@@ -282,7 +317,7 @@ class Collector:
     def tick(self, now: Optional[float] = None, final: bool = False) -> None:
         """One sampling period (public so tests and benchmarks can drive it by hand)."""
         mon = self.monitor
-        events = mon.drain()
+        events = EventBatch(mon.drain())
         now = time.monotonic() if now is None else now
         alerts = self._run_detectors(events, now)
         snap = mon.snapshot()
@@ -293,17 +328,43 @@ class Collector:
                         cpu_percent=cpu, num_threads=threads, num_fds=fds)
         self._remember(sample)
         self.ticks += 1
-        messages: list[Any] = list(alerts)
-        for i in range(0, len(events), OP_EVENTS_PER_FRAME):
-            messages.append(OpEvents(events[i:i + OP_EVENTS_PER_FRAME]))
-        self.events_forwarded += len(events)
-        messages.append(sample)
-        if final or self.ticks % self._outstanding_ticks == 0:
-            messages.append(self._outstanding_message())
         with self._lock:
             subs = list(self._subs)
+            in_use = {sub.event_budget for sub in subs}
+            for budget in [b for b in self._samplers if b not in in_use]:
+                del self._samplers[budget]          # stale state must not outlive its users
+        if not subs:
+            return                                  # nobody to encode or copy anything for
+        self.events_forwarded += len(events)
+        tail: list[Any] = []
+        if final or self.ticks % self._outstanding_ticks == 0:
+            tail.append(self._outstanding_message())
+        # the events each budget sends (shared by the subscribers with that budget, so the
+        # agent encodes each message once), and each subscriber's Sample with its count
+        batches: dict[Optional[EventSampler], list] = {}
+        samples: dict[tuple, Sample] = {}
         for sub in subs:
-            for msg in messages:
+            sampler = sub._sampler
+            msgs = batches.get(sampler)
+            if msgs is None:
+                selected = sampler.select(events, now) if sampler is not None else events
+                msgs = batches[sampler] = [OpEvents(selected[i:i + OP_EVENTS_PER_FRAME])
+                                           if len(selected) > OP_EVENTS_PER_FRAME
+                                           else OpEvents(selected)
+                                           for i in range(0, len(selected), OP_EVENTS_PER_FRAME)]
+            sub_sample = sample
+            if sampler is not None:
+                key = (sampler.budget, sub._omitted_base)
+                sub_sample = samples.get(key)
+                if sub_sample is None:
+                    sub_sample = samples[key] = dataclasses.replace(sample, counters=dict(
+                        counters, event_budget=sampler.budget, events_omitted=sub.events_omitted))
+            for msg in alerts:
+                sub._offer(msg)
+            for msg in msgs:
+                sub._offer(msg)
+            sub._offer(sub_sample)
+            for msg in tail:
                 sub._offer(msg)
             sub._wake()
 

@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional
 
 from ..monitor.events import (EV_BUF_PIN, EV_BUF_RELEASE, EV_DISCARD, EV_OP_CANCEL, EV_OP_END,
                               EV_OP_INLINE, EV_OP_SUBMIT)
+from .event_batch import EventBatch
 from .values import _LEN, ProtocolError, _Reader, decode_value, encode_value
 
 # Column types per event code, after (seq, code, t) which every event has: "q" int, "d" float,
@@ -73,10 +74,16 @@ def encode_packed(events: list) -> Optional[bytes]:
     ``t`` (f64), then, if the layout has one, their string indices (u32).  All C-level:
     ``compress`` picks a code's events and their int fields, ``struct`` packs them.
     """
-    try:
-        codes = bytes(map(_code_of, events))
-    except (ValueError, TypeError, IndexError):
-        return None
+    batch = events if isinstance(events, EventBatch) else None
+    if batch is not None:           # the collector's tick: codes and groups already made
+        codes = batch.codes
+        if codes is None:
+            return None
+    else:
+        try:
+            codes = bytes(map(_code_of, events))
+        except (ValueError, TypeError, IndexError):
+            return None
     present = sorted(set(codes))
     if any(c not in _LAYOUT_OF for c in present):
         return None
@@ -89,7 +96,12 @@ def encode_packed(events: list) -> Optional[bytes]:
     try:
         for code in present:
             lay = _LAYOUT_OF[code]
-            group = events if single else list(compress(events, codes.translate(lay.code_mask)))
+            if single:
+                group = events
+            elif batch is not None:
+                group = batch.group(code)
+            else:
+                group = list(compress(events, codes.translate(lay.code_mask)))
             n = len(group)
             if set(map(len, group)) != {lay.width}:
                 return None

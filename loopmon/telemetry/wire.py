@@ -56,6 +56,7 @@ class ClientHello:
     token: str
     client: str = ""
     op_events: bool = True      # False: the agent sends no OpEvents (saves it the encoding)
+    event_budget: int = 0       # op events/s wanted; 0: the agent's budget (never above it)
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,9 @@ def _raw_handshake(path: str, token: str) -> socket.socket:
 
 
 def test_stalled_client_costs_the_target_nothing_and_gets_drops(children):
-    p = children.workload("--duration", "40", "--fast")
+    # no event budget: the full event rate fills the stalled client's bounded queue quickly
+    p = children.workload("--duration", "40", "--fast",
+                          env=child_env(LOOPMON_EVENT_BUDGET="0"))
     entry = wait_discovered(p.pid)
     stalled = _raw_handshake(entry.endpoint[5:], entry.token)
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
