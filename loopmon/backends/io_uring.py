@@ -31,12 +31,19 @@ The traps
   The op stays in ``_inflight`` until its own CQE arrives, and that CQE may say
   ``-ECANCELED`` -- or it may carry data, because the receive finished in the kernel before
   the cancel got there.  That is the bpo-33694 trap, and here it is not a fault we inject:
-  it is what the kernel does.  The bytes are gone for the program (its future was
-  cancelled), so we report them: ``op_end(..., FLAG_DISCARDED)`` counts them in
-  ``bytes_discarded``, and ``bytes_received == bytes_delivered + bytes_discarded`` still
-  holds.  A cancelled accept that completes anyway hands us a connection nobody will take:
-  we close it.  A cancel that reaches an SQE we have not submitted yet rewrites it into a
-  ``NOP`` in the ring: nothing starts, nothing is lost.
+  it is what the kernel does.  Its future is cancelled, so the result cannot go to its
+  caller; dropping it loses bytes (what pre-fix asyncio did).  So by default the late result
+  -- bytes, a datagram, an accepted connection -- is *carried over* (``_CarryOver``) and
+  handed to the next receive or accept on the same socket, which then completes inline:
+  a cancelled ``sock_recv``/``sock_accept`` loses nothing, as asyncio promises.  The monitor
+  shows the late completion (``FLAG_LATE_COMPLETION``) with its bytes, and the carried bytes
+  are delivered by the next op; if nobody comes for them (the socket closes, the loop
+  closes) they are reported with ``Monitor.discarded``.  The ``cancel-drops-data`` fault
+  turns the carry-over off and gives the raw behaviour: ``op_end(..., FLAG_DISCARDED)``,
+  the bytes counted in ``bytes_discarded`` -- real kernel completions, really dropped.
+  Either way ``bytes_received == bytes_delivered + bytes_discarded`` holds.  A cancel that
+  reaches an SQE we have not submitted yet rewrites it into a ``NOP`` in the ring: nothing
+  starts, nothing is lost.
 * **Buffers are pinned until the CQE, even after the cancel.**  The kernel writes into (or
   reads from) the op's memory at any moment until its completion is posted.  So the op keeps
   a Python reference to the buffer and to the ``ctypes`` object that exports its address
@@ -57,6 +64,13 @@ The traps
   host name, an address family we do not encode) run on an embedded ``SelectorProactor``,
   whose epoll fd we watch with a one-shot ``POLL_ADD`` on the ring, re-armed after the
   callbacks it woke have run (level-triggered, as a selector loop is).
+* **A cancelled receive may still have written into the caller's buffer.**  A
+  ``recv_into`` gives the kernel the caller's memory; a late completion has filled it even
+  though the future says cancelled (its bytes are then carried over as a copy).  Bounce
+  buffers would hide that at the cost of a copy per read; we do not use them.
+* **Memory ordering.**  We read the CQ tail and the CQEs with plain loads.  On x86_64
+  (TSO) that is enough; on aarch64 it relies on the ``io_uring_enter`` that precedes every
+  reap to order them, which holds without SQPOLL (we never use it).
 * **The completion ring can overflow.**  More ops may be in flight than the CQ has slots;
   the kernel (``IORING_FEAT_NODROP``) parks the overflow and flags it, and we flush it with
   another ``io_uring_enter(GETEVENTS)``.
@@ -830,11 +844,11 @@ class IoUringProactor:
 
     def _end_cancelled(self, op: _RingOp, res: int) -> None:
         """The CQE of an op whose future was cancelled: what did the kernel actually do?"""
-        op._lm_keep = None                      # only now may the buffer go
         kind = op._lm_kind
         carried = False
         if res >= 0 and not op._lm_nop and op._lm_phase == _PHASE_IO:
-            carried = self._carry_late(op, res)
+            carried = self._carry_late(op, res)     # (copies out of the buffer: still pinned)
+        op._lm_keep = None                      # only now may the buffer go
         rec = op._lm_rec
         if rec is None:
             return
