@@ -421,6 +421,12 @@ class _CarryOver:
             elif data and mon is not None:
                 mon.discarded(len(data))
 
+    def sweep(self, mon: Any) -> None:
+        """Drop what closed sockets carried: nobody can receive it any more."""
+        for fd, entry in list(self.by_fd.items()):
+            if _fileno_or_none(entry[0]) != fd:
+                self.drop(fd, mon)
+
     def drop_all(self, mon: Any) -> None:
         for fd in list(self.by_fd):
             self.drop(fd, mon)
@@ -767,6 +773,8 @@ class IoUringProactor:
                 self._epoll_armed = False       # re-armed next pass, after its callbacks ran
         if epoll_ready or fallback_cancelled:
             self._fallback.select(0)
+        if self._carry.by_fd:
+            self._carry.sweep(self.monitor)
         return ()
 
     def _complete(self, uid: int, res: int) -> None:

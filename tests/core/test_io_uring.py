@@ -484,3 +484,26 @@ def test_send_buffer_pin_and_release_events(uloop):
     run(uloop, main())
     codes = [ev[1] for ev in uloop.monitor.drain()]
     assert codes.count(EV_BUF_PIN) == codes.count(EV_BUF_RELEASE) >= 2
+
+
+def test_carried_bytes_of_a_closed_socket_are_reported_discarded(uloop):
+    async def main():
+        loop = asyncio.get_running_loop()
+        mon = loop.monitor
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        fut = loop._proactor.recv(a, 4096)
+        await asyncio.sleep(0.01)                  # in flight
+        b.send(b"12345")
+        time.sleep(0.002)                          # the kernel completes the recv...
+        fut.cancel()                               # ...before the cancel gets there
+        await asyncio.sleep(0.01)
+        a.close()                                  # nobody will ever receive the carry
+        await asyncio.sleep(0.01)
+        snap = mon.snapshot()
+        assert not loop._proactor._carry.by_fd
+        assert snap.bytes_received == snap.bytes_delivered + snap.bytes_discarded
+        if snap.late_completions:
+            assert snap.bytes_discarded == 5
+        b.close()
+    run(uloop, main())
