@@ -11,7 +11,7 @@ loss shows up, so the count must be taken at the moment of hand-over and not bef
 * The datagram transport delivers in a ``finally`` clause of ``_loop_reading``; we work out
   beforehand whether that call will deliver (the same conditions it checks) and count then.
 
-Five changes ride along, for bare and instrumented loops alike (a bare loop has
+Several fixes ride along, for bare and instrumented loops alike (a bare loop has
 ``loop.monitor is None`` and counts nothing):
 
 * ``_call_connection_lost`` calls ``sock.shutdown()``, which raises ``ENOTCONN`` on POSIX
@@ -24,6 +24,8 @@ Five changes ride along, for bare and instrumented loops alike (a bare loop has
   selector loop (the stdlib proactor lets it escape and leaves the transport open); and a
   ``BufferedProtocol`` that pauses reading gets no more ``buffer_updated`` calls until it
   resumes (the stdlib feeds it the rest of the chunk regardless).
+* Datagram endpoints keep sending after a send fails at submission and keep receiving after
+  an ICMP error went to ``error_received`` (the stdlib proactor stalls in both cases).
 """
 from __future__ import annotations
 
@@ -230,6 +232,12 @@ class DatagramTransport(_TolerantCloseMixin, proactor_events._ProactorDatagramTr
                 if data:
                     mon.delivered(len(data))
         _datagram_loop_reading(self, fut)
+        if (fut is not None and self._read_fut is None and not self._closing
+                and not self._conn_lost and self._sock is not None
+                and self._sock.fileno() != -1):
+            # the receive failed (an ICMP error: error_received() was told) and the stdlib
+            # stops reading for good; the selector loop keeps receiving -- so do we
+            _datagram_loop_reading(self, None)
 
 
 class WritePipeTransport(_TolerantCloseMixin, proactor_events._ProactorBaseWritePipeTransport):

@@ -448,3 +448,38 @@ def test_sock_sendall_of_a_typed_memoryview_sends_all_bytes():
         a.close()
         b.close()
     run(main)
+
+
+def test_udp_endpoint_keeps_receiving_after_error_received():
+    """An ICMP port-unreachable goes to error_received; the endpoint still receives after it
+    (the stdlib proactor's datagram transport stops reading for good)."""
+    async def main(loop):
+        got = asyncio.Queue()
+        errors = []
+
+        class P(asyncio.DatagramProtocol):
+            def error_received(self, exc):
+                errors.append(exc)
+
+            def datagram_received(self, data, addr):
+                got.put_nowait(data)
+
+        dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        dead.bind(("127.0.0.1", 0))
+        addr = dead.getsockname()
+        dead.close()
+        tr, _ = await loop.create_datagram_endpoint(P, remote_addr=addr)
+        for _ in range(200):
+            if errors:
+                break
+            tr.sendto(b"anyone?")
+            await asyncio.sleep(0.02)
+        assert errors and isinstance(errors[0], ConnectionRefusedError)
+        alive = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        alive.bind(addr)
+        alive.sendto(b"back", tr.get_extra_info("sockname"))
+        assert await asyncio.wait_for(got.get(), 10) == b"back"
+        tr.close()
+        alive.close()
+        await asyncio.sleep(0.01)
+    run(main)
