@@ -298,3 +298,30 @@ def test_unix_server_start_serving_false_and_serve_forever(aloop, arun, tmp_path
         assert done and task.cancelled()
         await asyncio.wait_for(server.wait_closed(), 30)
     arun(main())
+
+
+def test_unix_paths_as_pathlike_and_abstract_namespace(aloop, arun, tmp_path):
+    """os.PathLike paths are accepted; Linux abstract names (leading NUL) have no file to
+    create or clean up."""
+    path = tmp_path / "pathlike.sock"                 # a PosixPath, not a str
+    abstract = "\0loopmon-test-%d-%d" % (os.getpid(), id(tmp_path))
+
+    async def main():
+        server = await asyncio.start_unix_server(_echo, path)
+        r, w = await asyncio.open_unix_connection(path)
+        w.write(b"pathlike")
+        assert await r.readexactly(8) == b"pathlike"
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+        if sys.platform.startswith("linux"):
+            server = await asyncio.start_unix_server(_echo, abstract)
+            r, w = await asyncio.open_unix_connection(abstract)
+            w.write(b"abstract")
+            assert await r.readexactly(8) == b"abstract"
+            w.close()
+            await w.wait_closed()
+            server.close()
+            await server.wait_closed()
+    arun(main())

@@ -292,3 +292,24 @@ def test_tls_many_clients_with_tiny_reader_limits(aloop, arun, server_ssl, clien
         server.close()
         await server.wait_closed()
     arun(main(), timeout=100)
+
+
+def test_tls_over_unix_socket(aloop, arun, server_ssl, client_ssl, tmp_path):
+    path = str(tmp_path / "tls.sock")
+
+    async def handler(reader, writer):
+        writer.write((await reader.readline()).upper())
+        await writer.drain()
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_unix_server(handler, path, ssl=server_ssl)
+        reader, writer = await asyncio.open_unix_connection(path, ssl=client_ssl,
+                                                            server_hostname="localhost")
+        writer.write(b"tls over unix\n")
+        assert await reader.readline() == b"TLS OVER UNIX\n"
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+    arun(main())
