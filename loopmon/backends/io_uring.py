@@ -224,7 +224,10 @@ def _buffer_address(buf: Any, writable: bool) -> tuple[int, Any]:
 
 
 def _nbytes(buf: Any) -> int:
-    return buf.nbytes if type(buf) is memoryview else len(buf)
+    t = type(buf)
+    if t is bytes or t is bytearray:
+        return len(buf)
+    return buf.nbytes if t is memoryview else memoryview(buf).nbytes
 
 
 # --- the ring ----------------------------------------------------------------------------------
