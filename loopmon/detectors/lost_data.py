@@ -28,17 +28,23 @@ Two signals
    as a reminder, so slowly accumulated abandoned bytes cannot make it nag.
 Late completions that carried bytes and were *not* discarded are listed as evidence (bytes at
 risk) but are not an alert on their own: a correct backend delivers them.
+
+Cost: ``observe`` sees every event the loop records, on a thread that shares the GIL with the
+loop, so it tracks nothing per op.  Reading fds come from the tick's receive submits and
+inline receives (C-level filters); a receive in flight for long keeps its fd a reader through
+a walk of the monitor's in-flight table every few seconds; the kind of a cancelled op (only
+receives' late completions count) comes from the last ticks' submits, or from that table.
 """
 from __future__ import annotations
 
 from collections import deque
-from itertools import compress, repeat
+from itertools import compress
 from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from ..monitor.events import (
-    EV_DISCARD, EV_OP_END, EV_OP_INLINE, EV_OP_SUBMIT, FLAG_DISCARDED, FLAG_LATE_COMPLETION,
-    RECEIVE_KINDS,
+    EV_DISCARD, EV_OP_CANCEL, EV_OP_END, EV_OP_INLINE, EV_OP_SUBMIT, FLAG_DISCARDED,
+    FLAG_LATE_COMPLETION, KIND_BY_NAME, RECEIVE_KINDS,
 )
 from ..telemetry.event_batch import EventBatch
 from ..telemetry.messages import Alert
@@ -50,13 +56,13 @@ from .config import DetectorConfig
 if TYPE_CHECKING:  # pragma: no cover
     from ..monitor.recorder import Monitor
 
-_MAX_TRACKED_RECV_OPS = 100_000   # pending receive op ids remembered (bounded if events drop)
+_MAX_TRACKED_CANCELS = 100_000    # cancelled op ids remembered (bounded if events drop)
+_TABLE_REFRESH_INTERVAL = 5.0     # seconds between walks of the in-flight table
 _READER_PRUNE_INTERVAL = 1.0      # seconds between sweeps of stale reader fds
 _IS_RECEIVE = RECEIVE_KINDS.__contains__
 _op_of = itemgetter(3)
 _kind_of = itemgetter(4)
 _fd_of = itemgetter(5)
-_kind_fd_of = itemgetter(4, 5)
 _flags_of = itemgetter(7)
 
 
@@ -71,59 +77,96 @@ class LostDataDetector:
         self.recent_discard_ops: deque = deque(maxlen=config.evidence_ids)
         self.late_completions_with_bytes = 0    # not discarded: delivered, we hope
         self.late_completion_bytes = 0
-        self._recv_ops: dict[int, int] = {}     # pending receive op id -> fd
+        self._cancelled: dict[int, int] = {}    # cancelled op id -> kind, until its end
+        self._unresolved_cancels: set[int] = set()   # cancelled ops of unknown kind
+        self._recent_submits: deque = deque(maxlen=2)  # the last ticks' submit events
+        self._next_table_refresh = 0.0
+        self._next_resolve = 0.0
         self._reader_fds: dict[int, float] = {} # fd -> last time a receive op ran on it
         self._gap_since = 0.0                   # start of the current run of over-bound samples
         self._next_prune = 0.0
 
     # ------------------------------------------------------------------ events
     def observe(self, events: list[tuple]) -> None:
-        """Track pending receives and reading fds; note late completions and discards.
+        """Note reading fds, the kinds of cancelled ops, late completions and discards.
 
         No Python work per event (this runs on the collector thread, which shares the GIL
         with the monitored loop): columns are picked with ``itemgetter`` maps, filtered with
-        ``compress`` and poured into the dicts with ``update`` -- all C loops.  Only the rare
-        events (flagged ends, discards) are looked at one by one.  Reader times have tick
+        ``compress`` and poured into dicts with ``update`` -- all C loops.  Only rare events
+        (cancels, flagged ends, discards) are looked at one by one.  Reader times have tick
         resolution (the batch's newest event time): the reader window is a minute.
         """
         batch = EventBatch.of(events)
         if not batch:
             return
         t = batch[-1][2]
-        recv_ops = self._recv_ops
         readers = self._reader_fds
         submits = batch.group(EV_OP_SUBMIT)
         if submits:
-            recv = list(compress(submits, map(_IS_RECEIVE, map(_kind_of, submits))))
-            if recv:
-                if len(recv_ops) + len(recv) > _MAX_TRACKED_RECV_OPS:
-                    recv_ops.clear()   # only evidence is lost, and only if events dropped
-                recv_ops.update(zip(map(_op_of, recv), map(_fd_of, recv)))
-                readers.update(dict.fromkeys(map(_fd_of, recv), t))
+            readers.update(dict.fromkeys(
+                map(_fd_of, compress(submits, map(_IS_RECEIVE, map(_kind_of, submits)))), t))
         inline = batch.group(EV_OP_INLINE)
         if inline:
-            for kind, fd in set(map(_kind_fd_of, inline)):    # a handful of distinct pairs
-                if kind in RECEIVE_KINDS:
-                    readers[fd] = t
+            readers.update(dict.fromkeys(
+                map(_fd_of, compress(inline, map(_IS_RECEIVE, map(_kind_of, inline)))), t))
+        self._recent_submits.append(submits)
+        cancels = batch.group(EV_OP_CANCEL)
+        if cancels:
+            self._note_cancels(set(map(_op_of, cancels)))
         ends = batch.group(EV_OP_END)
         if ends:
+            cancelled = self._cancelled
             for ev in compress(ends, map(_flags_of, ends)):    # only ends with flags: rare
+                kind = cancelled.pop(ev[3], None)
                 flags = ev[7]
                 if (flags & FLAG_LATE_COMPLETION and ev[5] and not flags & FLAG_DISCARDED
-                        and ev[3] in recv_ops):
+                        and kind in RECEIVE_KINDS):
                     self.late_completions_with_bytes += 1
                     self.late_completion_bytes += ev[5]
-            if recv_ops:
-                readers.update(dict.fromkeys(map(recv_ops.pop, map(_op_of, ends),
-                                                 repeat(None)), t))
-                readers.pop(None, None)
         for ev in batch.group(EV_DISCARD):                    # rare
             self.discard_events += 1
             self.discard_event_bytes += ev[4]
             self.recent_discard_ops.append(ev[3])
 
+    def _note_cancels(self, op_ids: set) -> None:
+        """Remember the kinds of cancelled ops (a late completion counts only for receives).
+
+        The submit is usually among the last ticks' (kept for this); an older op's kind is
+        looked up in the monitor's in-flight table at the next ``evaluate``.
+        """
+        cancelled = self._cancelled
+        if len(cancelled) + len(op_ids) > _MAX_TRACKED_CANCELS:
+            cancelled.clear()          # ends were lost: only evidence is lost with them
+        recent = [ev for group in self._recent_submits for ev in group] \
+            if len(self._recent_submits) > 1 else self._recent_submits[0]
+        found = list(compress(recent, map(op_ids.__contains__, map(_op_of, recent))))
+        cancelled.update(zip(map(_op_of, found), map(_kind_of, found)))
+        op_ids.difference_update(map(_op_of, found))
+        self._unresolved_cancels |= op_ids
+
+    def _refresh_from_table(self, monitor: "Monitor", now: float) -> None:
+        """Receives long in flight keep their fd a reader; older cancelled ops get a kind.
+
+        One walk of the in-flight table, every ``_TABLE_REFRESH_INTERVAL`` or when a cancel
+        needs it (at most once a second): it costs in proportion to the ops in flight.
+        """
+        unresolved = self._unresolved_cancels
+        if now < self._next_table_refresh and not (unresolved and now >= self._next_resolve):
+            return
+        self._next_resolve = now + 1.0
+        self._next_table_refresh = now + _TABLE_REFRESH_INTERVAL
+        readers = self._reader_fds
+        for op in monitor.outstanding():
+            kind = KIND_BY_NAME.get(op.kind)
+            if kind in RECEIVE_KINDS:
+                readers[op.fd] = now
+            if op.op_id in unresolved:
+                self._cancelled[op.op_id] = kind
+        unresolved.clear()
+
     # ------------------------------------------------------------------ verdict
     def evaluate(self, monitor: "Monitor", now: float) -> list[Alert]:
+        self._refresh_from_table(monitor, now)
         alerts: list[Alert] = []
         received = monitor.bytes_received
         delivered = monitor.bytes_delivered
