@@ -46,9 +46,9 @@ The traps
   starts, nothing is lost.
 * **Buffers are pinned until the CQE, even after the cancel.**  The kernel writes into (or
   reads from) the op's memory at any moment until its completion is posted.  So the op keeps
-  a Python reference to the buffer and to the ``ctypes`` object that exports its address
-  (a writable buffer is exported with ``c_char.from_buffer``, which also forbids resizing a
-  ``bytearray`` while the kernel may write to it) until the CQE, and the monitor sees the
+  a Python reference to the buffer (a pooled ``ctypes`` buffer for receives, the caller's
+  bytes for sends: ``c_char.from_buffer`` exports a writable one, which also forbids
+  resizing a ``bytearray`` while the kernel reads it) until the CQE, and the monitor sees the
   pin (``op_start_pinned``) and its release (``op_end``) at those two moments.  ``close()``
   cancels everything and waits for the CQEs; if some never come it keeps those buffers
   alive forever (``_ORPHANED``) rather than let the kernel write into freed memory.
@@ -64,10 +64,12 @@ The traps
   host name, an address family we do not encode) run on an embedded ``SelectorProactor``,
   whose epoll fd we watch with a one-shot ``POLL_ADD`` on the ring, re-armed after the
   callbacks it woke have run (level-triggered, as a selector loop is).
-* **A cancelled receive may still have written into the caller's buffer.**  A
-  ``recv_into`` gives the kernel the caller's memory; a late completion has filled it even
-  though the future says cancelled (its bytes are then carried over as a copy).  Bounce
-  buffers would hide that at the cost of a copy per read; we do not use them.
+* **Whose memory does the kernel write?**  Not the caller's, up to 1 MiB: ``recv_into``
+  reads into a pooled buffer of ours and copies the bytes into the caller's buffer when
+  the CQE arrives.  A late completion after a cancel would otherwise have scribbled into
+  memory its owner got back (asyncio promises a cancelled ``sock_recv_into`` leaves the
+  buffer alone), and a ``BufferedProtocol`` could not resize its buffer while a read is in
+  flight.  The copy is one ``memmove`` per read; larger buffers go to the kernel directly.
 * **Memory ordering.**  We read the CQ tail and the CQEs with plain loads.  On x86_64
   (TSO) that is enough; on aarch64 it relies on the ``io_uring_enter`` that precedes every
   reap to order them, which holds without SQPOLL (we never use it).
@@ -121,7 +123,9 @@ _ACCEPT_FLAGS = getattr(socket, "SOCK_NONBLOCK", 0) | getattr(socket, "SOCK_CLOE
 _UD_IGNORE, _UD_EPOLL, _UD_TIMEOUT, _FIRST_OP_ID = 1, 2, 3, 16
 # an op's phase: waiting for its I/O, or (O_NONBLOCK pipe said EAGAIN) for a poll first
 _PHASE_IO, _PHASE_POLL = 0, 1
-_INTO = -1               # ``_lm_arg`` of a read whose result is a count, not bytes
+_INTO = -1               # ``_lm_arg`` of a read into the caller's own memory (a count)
+_BOUNCE_MAX = 1 << 20    # recv_into up to this size reads into a pooled buffer, then copies
+_POOL_PER_SIZE, _POOL_SIZES = 4, 16
 
 _SQ_ENTRIES, _CQ_ENTRIES = 256, 4096
 _CLOSE_WAIT_SECONDS = 2.0
@@ -469,6 +473,7 @@ class IoUringProactor:
         # instead of being carried over to the next receive
         self._drop_cancelled_data = FAULT_CANCEL_DROPS_DATA in self.faults
         self._carry = _CarryOver()
+        self._pool: dict[int, list] = {}           # size -> free receive buffers
         self._ring = _Ring()
         # pre-5.11 kernels have no EXT_ARG: the loop's timeout becomes a TIMEOUT SQE
         self._timeout_sqe = use_timeout_sqe or not self._ring.ext_arg
@@ -497,7 +502,7 @@ class IoUringProactor:
             return self._from_carry(KIND_RECV, conn, q, nbytes, None)
         if nbytes <= 0:
             return self._fallback.recv(conn, nbytes, flags)
-        buf = ctypes.create_string_buffer(nbytes)
+        buf = self._pool_get(nbytes)
         if isinstance(conn, _socket):
             return self._submit(KIND_RECV, conn, _OP_RECV, _addressof(buf), nbytes, 0, flags,
                                 buf, self.monitor)
@@ -511,31 +516,39 @@ class IoUringProactor:
             fut.set_result(q.popleft())
             self._carry.done_with(conn, q)
             return fut
-        buf = ctypes.create_string_buffer(nbytes)
+        buf = self._pool_get(nbytes)
         return self._submit(KIND_RECV, conn, _OP_RECV, _addressof(buf), nbytes, 0, 0, buf, None)
 
     def recv_into(self, conn: Any, buf: Any, flags: int = 0) -> asyncio.Future:
         if self._carry.by_fd and (q := self._carry.take(conn, self.monitor)) is not None:
             return self._from_carry(KIND_RECV_INTO, conn, q, _nbytes(buf), buf)
-        size = _nbytes(buf)
         try:
-            addr, keep = _buffer_address(buf, True) if size else (0, None)
+            size = _nbytes(buf)
+            if size > _BOUNCE_MAX:                  # the kernel writes the caller's memory
+                addr, keep = _buffer_address(buf, True)
+                dest = _INTO
+            elif size:                              # a pooled buffer, copied on completion
+                memoryview(buf).cast("B")           # (writable, contiguous: fail now)
+                if memoryview(buf).readonly:
+                    raise TypeError("recv_into needs a writable buffer")
+                keep = self._pool_get(size)
+                addr, dest = _addressof(keep), buf
         except (TypeError, ValueError, BufferError):
             return self._fallback.recv_into(conn, buf, flags)
         if not size:
             return self._fallback.recv_into(conn, buf, flags)
         if isinstance(conn, _socket):
             return self._submit(KIND_RECV_INTO, conn, _OP_RECV, addr, size, 0, flags, keep,
-                                self.monitor, _INTO)
+                                self.monitor, dest)
         return self._submit(KIND_READ_PIPE, conn, _OP_READ, addr, size, _NO_OFFSET, 0, keep,
-                            self.monitor, _INTO)
+                            self.monitor, dest)
 
     def recvfrom(self, conn: _socket, nbytes: int, flags: int = 0) -> asyncio.Future:
         if self._carry.by_fd and (q := self._carry.take(conn, self.monitor)) is not None:
             return self._from_carry(KIND_RECVFROM, conn, q, nbytes, None)
         if conn.family not in (socket.AF_INET, socket.AF_INET6) or nbytes <= 0:
             return self._fallback.recvfrom(conn, nbytes, flags)
-        buf = ctypes.create_string_buffer(nbytes)
+        buf = self._pool_get(nbytes)
         return self._submit_msg(KIND_RECVFROM, conn, _OP_RECVMSG, _addressof(buf), nbytes,
                                 flags, buf, None)
 
@@ -822,7 +835,19 @@ class IoUringProactor:
                     mon.buffer_pin(rec, length - done)
                 return
             result = nbytes = done
-        elif kind == KIND_RECV_INTO or op._lm_arg == _INTO or kind == KIND_SENDTO:
+        elif kind == KIND_RECV_INTO or (kind == KIND_READ_PIPE and op._lm_arg is not None):
+            dest = op._lm_arg
+            if dest is not _INTO and res:
+                try:
+                    if _nbytes(dest) < res:
+                        raise BufferError("recv_into: the buffer shrank while the op ran")
+                    ctypes.memmove(_addressof(_c_char.from_buffer(dest)), op._lm_addr, res)
+                except (TypeError, ValueError, BufferError) as exc:
+                    del self._inflight[uid]
+                    self._end_failed(op, exc)
+                    return
+            result = res
+        elif kind == KIND_SENDTO:
             result = res
         elif kind == KIND_RECV or kind == KIND_READ_PIPE:
             result = _string_at(op._lm_addr, res)
@@ -837,7 +862,7 @@ class IoUringProactor:
             result = (_string_at(op._lm_addr, res) if kind == KIND_RECVFROM else res, peer)
         del self._inflight[uid]
         op._lm_backend = None
-        op._lm_keep = None
+        self._unpin(op)
         op.set_result(result)
         rec = op._lm_rec
         if rec is not None:
@@ -859,7 +884,7 @@ class IoUringProactor:
         carried = False
         if res >= 0 and not op._lm_nop and op._lm_phase == _PHASE_IO:
             carried = self._carry_late(op, res)     # (copies out of the buffer: still pinned)
-        op._lm_keep = None                      # only now may the buffer go
+        self._unpin(op)                         # only now may the buffer go
         rec = op._lm_rec
         if rec is None:
             return
@@ -899,9 +924,29 @@ class IoUringProactor:
         self._carry.put(op._lm_obj, op._lm_fd, item, self.monitor)
         return True
 
+    def _pool_get(self, size: int) -> Any:
+        free = self._pool.get(size)
+        return free.pop() if free else ctypes.create_string_buffer(size)
+
+    def _unpin(self, op: _RingOp) -> None:
+        """The op's CQE is in: its buffer may go (a pooled one back to the pool)."""
+        keep = op._lm_keep
+        op._lm_keep = None
+        if isinstance(keep, ctypes.Array):
+            size = len(keep)
+            free = self._pool.get(size)
+            if free is None:
+                if len(self._pool) < _POOL_SIZES:
+                    self._pool[size] = [keep]
+            elif len(free) < _POOL_PER_SIZE:
+                free.append(keep)
+
     def _end_failed(self, op: _RingOp, exc: BaseException) -> None:
         op._lm_backend = None
         keep = op._lm_keep
+        if not (self._keep_failed_send_buffers and op._lm_kind in (KIND_SEND, KIND_WRITE_PIPE,
+                                                                     KIND_SENDTO)):
+            self._unpin(op)
         op._lm_keep = None
         op.set_exception(exc)
         rec = op._lm_rec
