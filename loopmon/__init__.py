@@ -23,8 +23,12 @@ def __getattr__(name: str):
             return asyncio.ProactorEventLoop
         from .loop import ProactorEventLoop
         return ProactorEventLoop
+    if name == "serve":
+        # the agent (a thread, sockets, psutil) loads only when a program asks to be served
+        from .runner import serve
+        return serve
     raise AttributeError(f"module 'loopmon' has no attribute {name!r}")
 
 
 __all__ = ["new_event_loop", "EventLoopPolicy", "install", "ProactorEventLoop", "Monitor",
-           "__version__"]
+           "serve", "__version__"]
