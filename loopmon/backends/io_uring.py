@@ -125,7 +125,7 @@ _UD_IGNORE, _UD_EPOLL, _UD_TIMEOUT, _FIRST_OP_ID = 1, 2, 3, 16
 _PHASE_IO, _PHASE_POLL = 0, 1
 _INTO = -1               # ``_lm_arg`` of a read into the caller's own memory (a count)
 _BOUNCE_MAX = 1 << 20    # recv_into up to this size reads into a pooled buffer, then copies
-_POOL_PER_SIZE, _POOL_SIZES = 4, 16
+_POOL_PER_SIZE, _POOL_SIZES, _POOL_BYTES = 4, 16, 4 << 20   # bounded: memory first
 
 _SQ_ENTRIES, _CQ_ENTRIES = 256, 4096
 _CLOSE_WAIT_SECONDS = 2.0
@@ -474,6 +474,7 @@ class IoUringProactor:
         self._drop_cancelled_data = FAULT_CANCEL_DROPS_DATA in self.faults
         self._carry = _CarryOver()
         self._pool: dict[int, list] = {}           # size -> free receive buffers
+        self._pool_bytes = 0
         self._ring = _Ring()
         # pre-5.11 kernels have no EXT_ARG: the loop's timeout becomes a TIMEOUT SQE
         self._timeout_sqe = use_timeout_sqe or not self._ring.ext_arg
@@ -926,7 +927,10 @@ class IoUringProactor:
 
     def _pool_get(self, size: int) -> Any:
         free = self._pool.get(size)
-        return free.pop() if free else ctypes.create_string_buffer(size)
+        if free:
+            self._pool_bytes -= size
+            return free.pop()
+        return ctypes.create_string_buffer(size)
 
     def _unpin(self, op: _RingOp) -> None:
         """The op's CQE is in: its buffer may go (a pooled one back to the pool)."""
@@ -934,12 +938,16 @@ class IoUringProactor:
         op._lm_keep = None
         if isinstance(keep, ctypes.Array):
             size = len(keep)
+            if self._pool_bytes + size > _POOL_BYTES:
+                return
             free = self._pool.get(size)
             if free is None:
                 if len(self._pool) < _POOL_SIZES:
                     self._pool[size] = [keep]
+                    self._pool_bytes += size
             elif len(free) < _POOL_PER_SIZE:
                 free.append(keep)
+                self._pool_bytes += size
 
     def _end_failed(self, op: _RingOp, exc: BaseException) -> None:
         op._lm_backend = None

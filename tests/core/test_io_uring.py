@@ -507,3 +507,25 @@ def test_carried_bytes_of_a_closed_socket_are_reported_discarded(uloop):
             assert snap.bytes_discarded == 5
         b.close()
     run(uloop, main())
+
+
+def test_recv_into_leaves_the_callers_buffer_alone_until_completion(uloop):
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        buf = bytearray(64)
+        fut = loop._proactor.recv_into(a, buf)
+        await asyncio.sleep(0.01)                  # in flight: the kernel has our pooled buffer
+        buf.extend(b"resizable")                   # not exported to the kernel, so not locked
+        del buf[64:]
+        b.send(b"late bytes")
+        time.sleep(0.002)
+        fut.cancel()
+        await asyncio.sleep(0.01)
+        assert buf == bytearray(64)                # a late completion never touched it
+        n = await loop.sock_recv_into(a, buf)      # ...its bytes come with the next receive
+        assert bytes(buf[:n]) == b"late bytes"
+        a.close()
+        b.close()
+    run(uloop, main())
