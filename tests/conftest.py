@@ -154,3 +154,23 @@ def arun(aloop: asyncio.AbstractEventLoop) -> Callable[..., Any]:
     def run(coro: Awaitable, timeout: float = 60.0) -> Any:
         return aloop.run_until_complete(asyncio.wait_for(coro, timeout))
     return run
+
+
+@pytest.fixture
+def quiescent(aloop: asyncio.AbstractEventLoop) -> Callable[[], Awaitable[None]]:
+    """``await quiescent()`` at the end of a workload that closed everything it opened: on an
+    instrumented loop, no op may stay in flight and no buffer stay pinned (checked while the
+    loop still runs: close() would end and release them all and hide the leak).  A cancelled
+    op may need a loop iteration or two for its own completion, so this waits a little."""
+    async def check() -> None:
+        monitor = getattr(aloop, "monitor", None)
+        if monitor is None:
+            return
+        for _ in range(500):
+            ops, bufs = monitor.outstanding(), monitor.live_buffers()
+            if not ops and not bufs:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"workload closed, yet in flight: {ops[:5]}; pinned: {bufs[:5]}")
+    return check
+

@@ -150,7 +150,7 @@ def test_stream_reader_sees_reset(aloop, arun):
     arun(main())
 
 
-def test_writes_to_reset_peer_end_in_connection_lost(aloop, arun):
+def test_writes_to_reset_peer_end_in_connection_lost(aloop, arun, quiescent):
     async def main():
         loop = asyncio.get_running_loop()
         lsock = socket.socket()
@@ -169,6 +169,7 @@ def test_writes_to_reset_peer_end_in_connection_lost(aloop, arun):
         assert exc is None or isinstance(exc, (ConnectionError, OSError)), repr(exc)
         assert tr.is_closing()
         lsock.close()
+        await quiescent()
     arun(main())
 
 
@@ -262,7 +263,7 @@ def test_create_connection_with_sock_and_connect_accepted_socket(aloop, arun):
     arun(main())
 
 
-def test_server_survives_clients_that_reset_before_accept(aloop, arun):
+def test_server_survives_clients_that_reset_before_accept(aloop, arun, quiescent):
     """Connections reset while still in the backlog must not kill the accept loop."""
     async def main():
         served = []
@@ -294,6 +295,7 @@ def test_server_survives_clients_that_reset_before_accept(aloop, arun):
         assert server.is_serving()
         server.close()
         await server.wait_closed()
+        await quiescent()
     arun(main())
 
 

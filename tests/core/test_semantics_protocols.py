@@ -92,7 +92,7 @@ def test_callback_order_and_eof_received_return(aloop, arun, keep_open):
     arun(main())
 
 
-def test_close_flushes_pending_writes(aloop, arun):
+def test_close_flushes_pending_writes(aloop, arun, quiescent):
     """transport.close() after a big write: the peer gets every byte, then EOF."""
     payload = os.urandom(8 * 1024 * 1024)
     got = []
@@ -114,6 +114,7 @@ def test_close_flushes_pending_writes(aloop, arun):
             await asyncio.sleep(0.01)
         server.close()
         await server.wait_closed()
+        await quiescent()
     arun(main())
     assert hashlib.sha256(got[0]).digest() == hashlib.sha256(payload).digest()
 
@@ -181,7 +182,7 @@ class Pausing(asyncio.Protocol):
         pass
 
 
-def test_pause_resume_reading(aloop, arun):
+def test_pause_resume_reading(aloop, arun, quiescent):
     payload = os.urandom(4 * 1024 * 1024)
 
     async def handler(reader, writer):
@@ -207,6 +208,7 @@ def test_pause_resume_reading(aloop, arun):
         tr.close()
         server.close()
         await server.wait_closed()
+        await quiescent()
         return bytes(proto.data)
     assert arun(main()) == payload
 
@@ -234,7 +236,7 @@ class FlowControlled(asyncio.Protocol):
         self.lost.set_result(exc)
 
 
-def test_write_flow_control_water_marks(aloop, arun):
+def test_write_flow_control_water_marks(aloop, arun, quiescent):
     """Writing into a peer that does not read: pause_writing above the high mark, resume_writing
     once the buffer drains below the low mark, every byte arrives."""
     chunk = os.urandom(256 * 1024)
@@ -275,6 +277,7 @@ def test_write_flow_control_water_marks(aloop, arun):
         await server.wait_closed()
         return received, h.hexdigest(), written
 
+        await quiescent()
     received, digest, written = arun(main())
     assert received == written
     assert digest == hashlib.sha256(chunk * (written // len(chunk))).hexdigest()

@@ -192,7 +192,7 @@ def big_file(tmp_path_factory) -> tuple[str, bytes]:
 
 
 @pytest.mark.parametrize("api", ["loop.sendfile", "sock_sendfile"])
-def test_cancelled_sendfile_sends_a_clean_prefix(aloop, arun, big_file, api):
+def test_cancelled_sendfile_sends_a_clean_prefix(aloop, arun, big_file, api, quiescent):
     """Cancel a sendfile stuck on a peer that does not read: the peer then receives a prefix
     of file[offset:] — contiguous, in order, no stray bytes — and the loop stays usable.
     (asyncio documents file.tell() as the count sent, but the stdlib selector loop leaves the
@@ -237,6 +237,7 @@ def test_cancelled_sendfile_sends_a_clean_prefix(aloop, arun, big_file, api):
         swriter.close()
         server.close()
         await server.wait_closed()
+        await quiescent()
         return got
     got = arun(main())
     assert 0 < len(got) < len(data) - offset

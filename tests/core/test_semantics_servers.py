@@ -23,7 +23,7 @@ async def _echo(reader, writer):
         writer.close()
 
 
-def test_server_close_with_no_connection_ever(aloop, arun):
+def test_server_close_with_no_connection_ever(aloop, arun, quiescent):
     """The listening socket's accept op is in flight when the server closes."""
     async def main():
         server = await asyncio.start_server(_echo, "127.0.0.1", 0)
@@ -34,10 +34,11 @@ def test_server_close_with_no_connection_ever(aloop, arun):
         assert not server.is_serving()
         await asyncio.wait_for(server.wait_closed(), 30)
         assert not server.sockets
+        await quiescent()
     arun(main())
 
 
-def test_server_close_with_connections_pending_in_backlog(aloop, arun):
+def test_server_close_with_connections_pending_in_backlog(aloop, arun, quiescent):
     """Clients connected at the TCP level but never accepted: closing the server resets them."""
     async def main():
         loop = asyncio.get_running_loop()
@@ -66,10 +67,11 @@ def test_server_close_with_connections_pending_in_backlog(aloop, arun):
         # a fresh connect is refused now
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection("127.0.0.1", port)
+        await quiescent()
     arun(main())
 
 
-def test_serve_forever_cancel_closes_server(aloop, arun):
+def test_serve_forever_cancel_closes_server(aloop, arun, quiescent):
     async def main():
         server = await asyncio.start_server(_echo, "127.0.0.1", 0, start_serving=False)
         port = server.sockets[0].getsockname()[1]
@@ -88,6 +90,7 @@ def test_serve_forever_cancel_closes_server(aloop, arun):
         assert done and task.cancelled()
         assert not server.is_serving()
         await asyncio.wait_for(server.wait_closed(), 30)
+        await quiescent()
     arun(main())
 
 
@@ -157,7 +160,7 @@ def test_address_in_use(aloop, arun):
     arun(main())
 
 
-def test_accepts_many_connections_quickly(aloop, arun):
+def test_accepts_many_connections_quickly(aloop, arun, quiescent):
     async def main():
         count = 0
 
@@ -182,12 +185,13 @@ def test_accepts_many_connections_quickly(aloop, arun):
         assert count == 200
         server.close()
         await server.wait_closed()
+        await quiescent()
     arun(main())
 
 
 # ---------------------------------------------------------------- Unix sockets
 
-def test_unix_stream_echo(aloop, arun, tmp_path):
+def test_unix_stream_echo(aloop, arun, tmp_path, quiescent):
     path = str(tmp_path / "echo.sock")
 
     async def main():
@@ -205,6 +209,7 @@ def test_unix_stream_echo(aloop, arun, tmp_path):
         await writer.wait_closed()
         server.close()
         await server.wait_closed()
+        await quiescent()
     arun(main())
 
 

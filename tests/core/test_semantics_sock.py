@@ -148,7 +148,7 @@ def test_sock_ops_on_closed_socket_raise_oserror(aloop, arun):
     arun(main())
 
 
-def test_sock_sendall_to_reset_peer_raises(aloop, arun):
+def test_sock_sendall_to_reset_peer_raises(aloop, arun, quiescent):
     async def main():
         loop = asyncio.get_running_loop()
         client, conn = await _connected_pair()
@@ -158,6 +158,7 @@ def test_sock_sendall_to_reset_peer_raises(aloop, arun):
             for _ in range(1000):
                 await loop.sock_sendall(client, b"x" * 65536)
         client.close()
+        await quiescent()
     arun(main())
 
 
@@ -223,7 +224,7 @@ def test_ssl_socket_rejected(aloop, arun):
     arun(main())
 
 
-def test_cancel_pending_sock_recv_loses_no_data(aloop, arun):
+def test_cancel_pending_sock_recv_loses_no_data(aloop, arun, quiescent):
     """Cancel a pending sock_recv right after the peer's bytes hit the kernel: nothing lost."""
     async def main():
         loop = asyncio.get_running_loop()
@@ -244,10 +245,11 @@ def test_cancel_pending_sock_recv_loses_no_data(aloop, arun):
             assert got == msg, "bytes lost or reordered by a cancelled sock_recv"
         client.close()
         conn.close()
+        await quiescent()
     arun(main())
 
 
-def test_cancel_pending_sock_recv_into_loses_no_data(aloop, arun):
+def test_cancel_pending_sock_recv_into_loses_no_data(aloop, arun, quiescent):
     async def main():
         loop = asyncio.get_running_loop()
         client, conn = await _connected_pair()
@@ -269,10 +271,11 @@ def test_cancel_pending_sock_recv_into_loses_no_data(aloop, arun):
         assert after_cancel == bytes(64), "a cancelled sock_recv_into wrote into the caller's buffer"
         client.close()
         conn.close()
+        await quiescent()
     arun(main())
 
 
-def test_timeout_around_sock_recv_then_socket_still_usable(aloop, arun):
+def test_timeout_around_sock_recv_then_socket_still_usable(aloop, arun, quiescent):
     async def main():
         loop = asyncio.get_running_loop()
         client, conn = await _connected_pair()
@@ -287,10 +290,11 @@ def test_timeout_around_sock_recv_then_socket_still_usable(aloop, arun):
             assert got == want
         client.close()
         conn.close()
+        await quiescent()
     arun(main())
 
 
-def test_cancel_pending_sock_accept_then_accept_again(aloop, arun):
+def test_cancel_pending_sock_accept_then_accept_again(aloop, arun, quiescent):
     async def main():
         loop = asyncio.get_running_loop()
         lsock = _listener()
@@ -314,10 +318,11 @@ def test_cancel_pending_sock_accept_then_accept_again(aloop, arun):
         assert got == b"still here"
         for s in (c, conn, lsock):
             s.close()
+        await quiescent()
     arun(main())
 
 
-def test_cancel_sock_accept_with_connection_in_backlog(aloop, arun):
+def test_cancel_sock_accept_with_connection_in_backlog(aloop, arun, quiescent):
     """The connection is in the backlog when the pending accept is cancelled: the next
     sock_accept gets it (the cancelled one accepted nothing, or the loop handed it on)."""
     async def main():
@@ -333,10 +338,11 @@ def test_cancel_sock_accept_with_connection_in_backlog(aloop, arun):
         assert addr == c.getsockname()
         for s in (c, conn, lsock):
             s.close()
+        await quiescent()
     arun(main())
 
 
-def test_cancel_pending_sock_sendall_releases_everything(aloop, arun):
+def test_cancel_pending_sock_sendall_releases_everything(aloop, arun, quiescent):
     """A sendall stuck on a peer that does not read, cancelled: the loop must drop the op and
     its buffer (checked by the monitor finaliser) and stay usable."""
     async def main():
@@ -359,6 +365,7 @@ def test_cancel_pending_sock_sendall_releases_everything(aloop, arun):
             n += len(data)
         assert 0 < n < 64 * 1024 * 1024
         conn.close()
+        await quiescent()
     arun(main())
 
 

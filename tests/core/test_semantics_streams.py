@@ -30,7 +30,7 @@ async def _start_echo():
     return server, server.sockets[0].getsockname()[1]
 
 
-def test_echo_roundtrips(aloop, arun):
+def test_echo_roundtrips(aloop, arun, quiescent):
     async def main():
         server, port = await _start_echo()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -46,10 +46,11 @@ def test_echo_roundtrips(aloop, arun):
         await writer.wait_closed()
         server.close()
         await server.wait_closed()
+        await quiescent()
     arun(main())
 
 
-def test_many_concurrent_connections(aloop, arun):
+def test_many_concurrent_connections(aloop, arun, quiescent):
     n_conns, n_msgs = 100, 20
 
     async def client(i: int, port: int) -> int:
@@ -71,6 +72,7 @@ def test_many_concurrent_connections(aloop, arun):
         assert all(t > 0 for t in totals)
         server.close()
         await server.wait_closed()
+        await quiescent()
     arun(main())
 
 
@@ -186,7 +188,7 @@ def test_half_close_server_side_first(aloop, arun):
     arun(main())
 
 
-def test_wait_for_timeout_around_read_loses_nothing(aloop, arun):
+def test_wait_for_timeout_around_read_loses_nothing(aloop, arun, quiescent):
     """A read that times out (cancelled) must not eat the bytes that come after it."""
     async def main():
         server, port = await _start_echo()
@@ -201,6 +203,7 @@ def test_wait_for_timeout_around_read_loses_nothing(aloop, arun):
         await writer.wait_closed()
         server.close()
         await server.wait_closed()
+        await quiescent()
     arun(main())
 
 

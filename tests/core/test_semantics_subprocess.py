@@ -51,7 +51,7 @@ class PipeReader(asyncio.Protocol):
         self.lost.set_result(exc)
 
 
-def test_connect_read_pipe(aloop, arun):
+def test_connect_read_pipe(aloop, arun, quiescent):
     rfd, wfd = os.pipe()
     payload = os.urandom(1024 * 1024)
 
@@ -70,6 +70,7 @@ def test_connect_read_pipe(aloop, arun):
         await loop.run_in_executor(None, writer)         # writes, then closes: EOF
         assert await asyncio.wait_for(proto.lost, 30) is None
         assert proto.events == ["made", "data", "eof", "lost"]
+        await quiescent()
         return bytes(proto.data)
     assert arun(main()) == payload
 
@@ -131,7 +132,7 @@ class PipeWriter(asyncio.Protocol):
         self.lost.set_result(exc)
 
 
-def test_connect_write_pipe(aloop, arun):
+def test_connect_write_pipe(aloop, arun, quiescent):
     rfd, wfd = os.pipe()
     payload = os.urandom(2 * 1024 * 1024)
 
@@ -152,6 +153,7 @@ def test_connect_write_pipe(aloop, arun):
         assert proto.paused >= 1, "pause_writing expected with 2 MiB queued on a pipe"
         tr.write_eof()                             # closes after the buffer drains
         assert await asyncio.wait_for(proto.lost, 60) is None
+        await quiescent()
         return await asyncio.wait_for(rx, 60)
     n, digest = arun(main())
     assert n == len(payload) and digest == hashlib.sha256(payload).hexdigest()
@@ -192,7 +194,7 @@ def test_create_subprocess_exec_communicate(aloop, arun):
     _assert_reaped([pid])
 
 
-def test_subprocess_line_dialogue(aloop, arun):
+def test_subprocess_line_dialogue(aloop, arun, quiescent):
     code = ("import sys\n"
             "for line in sys.stdin:\n"
             "    sys.stdout.write(line.upper()); sys.stdout.flush()\n")
@@ -207,6 +209,7 @@ def test_subprocess_line_dialogue(aloop, arun):
         proc.stdin.close()
         assert await proc.stdout.read() == b""
         assert await asyncio.wait_for(proc.wait(), 30) == 0
+        await quiescent()
         return proc.pid
     _assert_reaped([arun(main())])
 

@@ -42,7 +42,7 @@ class Collector(asyncio.DatagramProtocol):
         self.lost.set_result(exc)
 
 
-def test_udp_echo_roundtrips(aloop, arun):
+def test_udp_echo_roundtrips(aloop, arun, quiescent):
     async def main():
         loop = asyncio.get_running_loop()
         stran, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
@@ -59,6 +59,7 @@ def test_udp_echo_roundtrips(aloop, arun):
         assert await asyncio.wait_for(client.lost, 30) is None
         assert client.events == ["made", "lost"]
         stran.close()
+        await quiescent()
     arun(main())
 
 
@@ -81,7 +82,7 @@ def test_udp_large_datagram_and_unconnected_sendto(aloop, arun):
     arun(main())
 
 
-def test_udp_error_received_on_port_unreachable(aloop, arun):
+def test_udp_error_received_on_port_unreachable(aloop, arun, quiescent):
     """A connected UDP socket sending to a closed port gets ECONNREFUSED (from ICMP) through
     error_received — and the endpoint keeps working."""
     async def main():
@@ -101,6 +102,7 @@ def test_udp_error_received_on_port_unreachable(aloop, arun):
         assert not ctran.is_closing(), "an ICMP error must not close the endpoint"
         ctran.close()
         await asyncio.wait_for(client.lost, 30)
+        await quiescent()
     arun(main())
 
 
