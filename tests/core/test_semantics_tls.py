@@ -218,7 +218,6 @@ def test_stream_writer_start_tls(aloop, arun, server_ssl, client_ssl):
         for i in range(50):
             writer.write(b"%d\n" % i)
             assert await reader.readexactly(len(b"%d\n" % i)) == (b"%d\n" % i)[::-1]
-        writer.write_eof() if writer.can_write_eof() else None
         writer.close()
         await writer.wait_closed()
         server.close()
