@@ -75,3 +75,5 @@ class DetectorConfig:
     lag_max: float = 0.100
     #: fewer lag samples than this in the window: no verdict
     lag_min_samples: int = 5
+    #: the window is examined at most this often (a copy of the monitor's lag samples)
+    lag_check_interval: float = 0.25

@@ -28,12 +28,18 @@ class LoopLagDetector:
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
         self.gate = AlertGate(config)
+        self._next_check = 0.0
 
     def observe(self, events: list[tuple]) -> None:
         """Nothing to collect: lag samples are kept by the monitor."""
 
     def evaluate(self, monitor: "Monitor", now: float) -> list[Alert]:
         cfg = self.config
+        if now < self._next_check:
+            return []
+        # the monitor keeps ~3 minutes of lag samples: copying and filtering them 20 times a
+        # second would cost the loop's GIL time for nothing a 5 s window needs
+        self._next_check = now + cfg.lag_check_interval
         samples = monitor.lag_samples(since=now - cfg.lag_window)
         if len(samples) < cfg.lag_min_samples:
             return []

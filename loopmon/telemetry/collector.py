@@ -76,6 +76,7 @@ class Subscription:
                  max_events: int = DEFAULT_SUBSCRIPTION_MAX_EVENTS) -> None:
         self.hello = hello
         self.event_budget = 0            # op events/s this consumer is sent (0: all of them)
+        self.op_events = True            # False: no OpEvents at all
         self._sampler: Optional[EventSampler] = None
         self._omitted_base = 0           # the sampler's omitted count when we subscribed
         self.maxlen = max(8, maxlen)
@@ -244,15 +245,17 @@ class Collector:
 
     def subscribe(self, maxlen: int = DEFAULT_SUBSCRIPTION_MAXLEN,
                   max_events: int = DEFAULT_SUBSCRIPTION_MAX_EVENTS,
-                  event_budget: Optional[int] = None) -> Subscription:
+                  event_budget: Optional[int] = None, op_events: bool = True) -> Subscription:
         """A new Subscription whose first ``poll()`` returns History + Outstanding.
 
         It holds at most ``maxlen`` messages and ``max_events`` op events; beyond that new
         messages are dropped, counted, and reported with a ``Dropped`` message.
         ``event_budget`` (op events/s) may only lower the collector's budget; events left
-        out are counted in its Samples' ``counters["events_omitted"]``."""
+        out are counted in its Samples' ``counters["events_omitted"]``.  ``op_events=False``:
+        no OpEvents at all (a dashboard of samples; nothing is selected or copied for it)."""
         sub = Subscription(self, self.hello(), maxlen, max_events)
-        sub.event_budget = effective_budget(self.event_budget, event_budget)
+        sub.op_events = bool(op_events)
+        sub.event_budget = effective_budget(self.event_budget, event_budget) if op_events else 0
         with self._lock:
             if sub.event_budget:
                 sampler = self._samplers.get(sub.event_budget)
@@ -338,7 +341,7 @@ class Collector:
         self.ticks += 1
         with self._lock:
             subs = list(self._subs)
-            in_use = {sub.event_budget for sub in subs}
+            in_use = {sub.event_budget for sub in subs if sub.op_events}
             for budget in [b for b in self._samplers if b not in in_use]:
                 del self._samplers[budget]          # stale state must not outlive its users
         if not subs:
@@ -353,7 +356,7 @@ class Collector:
         samples: dict[tuple, Sample] = {}
         for sub in subs:
             sampler = sub._sampler
-            msgs = batches.get(sampler)
+            msgs = batches.get(sampler) if sub.op_events else ()
             if msgs is None:
                 selected = sampler.select(events, now) if sampler is not None else events
                 msgs = batches[sampler] = [OpEvents(selected[i:i + OP_EVENTS_PER_FRAME])

@@ -185,3 +185,18 @@ def test_event_batch_groups_and_encoding():
     dec = wire.FrameDecoder(expect_header=False)
     [back] = dec.feed(wire.encode_frame(OpEvents(batch)))
     assert back.events == events
+
+
+def test_a_subscriber_without_op_events_gets_samples_only():
+    m = Monitor()
+    col = Collector(m, sample_period=60.0, event_budget=1_000)
+    sub = col.subscribe(op_events=False)
+    sub.poll()
+    carry: list = []
+    _echo_tick(m, 500, carry)
+    col.tick(now=1000.0)
+    msgs = sub.poll()
+    assert not any(isinstance(x, OpEvents) for x in msgs)
+    [sample] = [x for x in msgs if isinstance(x, Sample)]
+    assert "events_omitted" not in sample.counters and not col._samplers
+    col.stop()
