@@ -99,7 +99,7 @@ from collections import deque
 from typing import Any, Iterable, Optional
 
 from ..monitor.events import (
-    FLAG_DISCARDED, KIND_ACCEPT, KIND_CONNECT, KIND_READ_PIPE, KIND_RECV, KIND_RECV_INTO,
+    FLAG_DISCARDED, FLAG_DRAINED_AT_CLOSE, KIND_ACCEPT, KIND_CONNECT, KIND_READ_PIPE, KIND_RECV, KIND_RECV_INTO,
     KIND_RECVFROM, KIND_RECVFROM_INTO, KIND_SEND, KIND_SENDTO, KIND_WRITE_PIPE,
     OUTCOME_CANCELLED, OUTCOME_COMPLETED, OUTCOME_FAILED, RECEIVE_KINDS,
 )
@@ -493,6 +493,7 @@ class IoUringProactor:
         self._epoll_fd = self._fallback._selector.fileno()
         self._epoll_armed = False
         self._inflight: dict[int, _RingOp] = {}
+        self._closing_ids: set = set()             # ops cancelled by close()
         self._next_id = _FIRST_OP_ID
         self._leaked: list = []
         self._loop: Any = None
@@ -922,7 +923,8 @@ class IoUringProactor:
             return
         mon = self.monitor
         if op._lm_nop or res == -errno.ECANCELED or op._lm_phase == _PHASE_POLL:
-            mon.op_end(rec, OUTCOME_CANCELLED, op._lm_done)
+            mon.op_end(rec, OUTCOME_CANCELLED, op._lm_done, "",
+                       FLAG_DRAINED_AT_CLOSE if op._lm_id in self._closing_ids else 0)
         elif res < 0:
             mon.op_end(rec, OUTCOME_FAILED, op._lm_done, errno.errorcode.get(-res, str(-res)))
         elif kind in RECEIVE_KINDS and res > 0:
@@ -1006,6 +1008,7 @@ class IoUringProactor:
         for op in list(self._inflight.values()):
             if not op.done():
                 op.cancel()
+                self._closing_ids.add(op._lm_id)   # ended because we close: say so
         ring = self._ring
         deadline = _monotonic() + _CLOSE_WAIT_SECONDS
         while self._inflight and _monotonic() < deadline:
