@@ -495,7 +495,7 @@ class IoUringProactor:
         self._inflight: dict[int, _RingOp] = {}
         self._closing_ids: set = set()             # ops cancelled by close()
         self._next_id = _FIRST_OP_ID
-        self._leaked: list = []
+        self._leaked: list = self._fallback._leaked   # send-keeps-buffer: one list for both
         self._loop: Any = None
         self._closed = False
 
