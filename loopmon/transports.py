@@ -19,7 +19,10 @@ Several fixes ride along, for bare and instrumented loops alike (a bare loop has
 * The stdlib write-pipe transport learns that the reader of a write pipe went away from a
   16-byte ``recv`` on the write end, which works on a Windows named pipe but not on a POSIX
   pipe, so ``WritePipeTransport`` asks the backend for ``wait_pipe_closed`` instead.
-* Socket writes that complete inline skip the done-callback hop (``_InlineWriteMixin``).
+* Socket writes that complete inline skip the future and its done-callback hop
+  (``_InlineWriteMixin``), and the read loop of stream and pipe transports continues
+  through one persistent handle instead of a done callback per receive
+  (``_ContinuedReadMixin``) -- both where the backend offers it (the selector backend).
 * An exception raised by ``data_received`` is a fatal error for the transport, as on the
   selector loop (the stdlib proactor lets it escape and leaves the transport open); and a
   ``BufferedProtocol`` that pauses reading gets no more ``buffer_updated`` calls until it
@@ -29,13 +32,16 @@ Several fixes ride along, for bare and instrumented loops alike (a bare loop has
 """
 from __future__ import annotations
 
-from asyncio import proactor_events
+import sys
+from asyncio import events, exceptions, proactor_events
+from asyncio.log import logger
 from asyncio.protocols import BufferedProtocol
 from collections import deque
 
 _datagram_loop_reading = proactor_events._ProactorDatagramTransport._loop_reading
 _datagram_loop_writing = proactor_events._ProactorDatagramTransport._loop_writing
 _base_write = proactor_events._ProactorBaseWritePipeTransport.write
+_IMMUTABLE_CHUNKS = sys.version_info >= (3, 12)    # 3.12+ hands protocols bytes, not bytearray
 
 
 class _ShutdownTolerantSocket:
@@ -163,6 +169,90 @@ class _CountDeliveredMixin:
         return None
 
 
+class _ContinuedReadMixin:
+    """The stdlib read loop (``_loop_reading``) without a done callback per receive.
+
+    The stdlib transport adds ``_loop_reading`` as a done callback to every receive future:
+    on completion the future's ``call_soon`` builds a new ``Handle`` (and copies the context)
+    for each chunk.  A backend offering ``recv_into_then(conn, buf, handle)`` instead queues
+    one persistent ``Handle`` per transport when the receive completes or fails -- exactly
+    where the done callback would have been queued (inline: before the chunk is delivered;
+    pending: when ``select()`` completes it), so callback order is unchanged.  A cancelled
+    receive queues nothing: only ``close()``/``_force_close()`` cancel it, after setting
+    ``_read_fut`` to None, and then the stdlib callback did nothing either.  Like the
+    selector loop's reader handle, the persistent handle runs in one context.
+
+    ``_lm_reading`` is the receive the handle will continue: ``_read_fut`` is reset by
+    ``close()``, yet the stdlib still delivers a chunk that completed before it.
+    """
+
+    __slots__ = ()
+    _lm_recv_into_then = None
+    _lm_reading = None
+
+    def _lm_init_reading(self, loop):
+        then = getattr(loop._proactor, "recv_into_then", None)
+        if then is not None:
+            self._lm_recv_into_then = then
+            self._lm_read_handle = events.Handle(self._lm_read_complete, (), loop, None)
+
+    def _lm_read_complete(self):
+        fut = self._lm_reading
+        if fut is not None and fut.done():
+            self._lm_reading = None
+            self._loop_reading(fut)
+
+    def _loop_reading(self, fut=None):
+        length = -1
+        data = None
+        then = self._lm_recv_into_then
+        try:
+            if fut is not None:
+                assert self._read_fut is fut or (self._read_fut is None and self._closing)
+                self._read_fut = None
+                if fut.done():
+                    # deliver data later in "finally" clause
+                    length = fut.result()
+                    if length == 0:
+                        # we got end-of-file so no need to reschedule a new read
+                        return
+                    if _IMMUTABLE_CHUNKS:
+                        data = bytes(memoryview(self._data)[:length])
+                    else:
+                        data = self._data[:length]
+                else:
+                    # the future will be replaced by next proactor.recv call
+                    fut.cancel()
+            if self._closing:
+                # since close() has been called we ignore any read data
+                return
+            if not self._paused:
+                # reschedule a new read
+                if then is not None:
+                    self._read_fut = self._lm_reading = then(
+                        self._sock, self._data, self._lm_read_handle)
+                else:
+                    self._read_fut = self._loop._proactor.recv_into(self._sock, self._data)
+        except ConnectionAbortedError as exc:
+            if not self._closing:
+                self._fatal_error(exc, "Fatal read error on pipe transport")
+            elif self._loop.get_debug():
+                logger.debug("Read error on pipe transport while closing", exc_info=True)
+        except ConnectionResetError as exc:
+            self._force_close(exc)
+        except OSError as exc:
+            self._fatal_error(exc, "Fatal read error on pipe transport")
+        except exceptions.CancelledError:
+            if not self._closing:
+                raise
+        else:
+            if not self._paused and then is None:
+                self._read_fut.add_done_callback(self._loop_reading)
+        finally:
+            if length > -1:
+                self._data_received(data, length)
+
+
 class _InlineWriteMixin:
     """``write()`` on an idle transport submits the send at once and, when the backend
     completes it inline, is done: no future callback round trip.
@@ -176,6 +266,7 @@ class _InlineWriteMixin:
     """
 
     __slots__ = ()
+    _lm_try_send = None
 
     def write(self, data):
         if (self._write_fut is None and not self._buffer and not self._conn_lost
@@ -183,9 +274,15 @@ class _InlineWriteMixin:
                 and data and isinstance(data, (bytes, bytearray, memoryview))):
             if type(data) is not bytes:
                 data = bytes(data)          # the caller may reuse its buffer
-            fut = self._loop._proactor.send(self._sock, data)
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                return                      # sent inline: still IDLE
+            try_send = self._lm_try_send
+            if try_send is not None:
+                fut = try_send(self._sock, data)
+                if fut is None:
+                    return                  # sent inline, recorded, no future: still IDLE
+            else:
+                fut = self._loop._proactor.send(self._sock, data)
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    return                  # sent inline: still IDLE
             self._write_fut = fut
             if not fut.done():
                 self._pending_write = len(data)
@@ -197,14 +294,24 @@ class _InlineWriteMixin:
         _base_write(self, data)
 
 
-class SocketTransport(_CountDeliveredMixin, _InlineWriteMixin, _TolerantCloseMixin,
-                      proactor_events._ProactorSocketTransport):
-    """``_ProactorSocketTransport`` + delivered-bytes accounting + inline writes."""
+class SocketTransport(_CountDeliveredMixin, _ContinuedReadMixin, _InlineWriteMixin,
+                      _TolerantCloseMixin, proactor_events._ProactorSocketTransport):
+    """``_ProactorSocketTransport`` + delivered-bytes accounting + inline writes and reads."""
+
+    def __init__(self, loop, *args, **kw):
+        # before the base __init__, which schedules the first _loop_reading
+        self._lm_init_reading(loop)
+        self._lm_try_send = getattr(loop._proactor, "try_send", None)
+        super().__init__(loop, *args, **kw)
 
 
-class ReadPipeTransport(_CountDeliveredMixin, _TolerantCloseMixin,
+class ReadPipeTransport(_CountDeliveredMixin, _ContinuedReadMixin, _TolerantCloseMixin,
                         proactor_events._ProactorReadPipeTransport):
-    """``_ProactorReadPipeTransport`` + delivered-bytes accounting."""
+    """``_ProactorReadPipeTransport`` + delivered-bytes accounting + continued reads."""
+
+    def __init__(self, loop, *args, **kw):
+        self._lm_init_reading(loop)
+        super().__init__(loop, *args, **kw)
 
 
 class DatagramTransport(_TolerantCloseMixin, proactor_events._ProactorDatagramTransport):

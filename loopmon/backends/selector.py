@@ -78,7 +78,7 @@ class _PendingOp(asyncio.Future):
     """
 
     __slots__ = ("_lm_backend", "_lm_kind", "_lm_obj", "_lm_fd", "_lm_buf", "_lm_n",
-                 "_lm_arg", "_lm_done", "_lm_rec")
+                 "_lm_arg", "_lm_done", "_lm_rec", "_lm_cont")
 
     def cancel(self, msg: Any = None) -> bool:
         backend = self._lm_backend
@@ -146,32 +146,52 @@ class SelectorProactor(FaultEmulationMixin, FdTableMixin):
         return fut
 
     def recv_into(self, conn: Any, buf: Any, flags: int = 0) -> asyncio.Future:
+        return self.recv_into_then(conn, buf, None, flags)
+
+    def recv_into_then(self, conn: Any, buf: Any, then: Optional[asyncio.Handle],
+                       flags: int = 0) -> asyncio.Future:
+        """``recv_into`` whose completion also queues the loop handle ``then``.
+
+        For a transport's read loop (``transports._ContinuedReadMixin``): ``then`` is queued
+        when the op completes or fails -- at once when that happens inline -- and never when
+        it is cancelled.  It replaces a done callback per receive.
+        """
         if isinstance(conn, _socket):
             kind = KIND_RECV_INTO
             st = self._fds.get(conn.fileno())
             if st is not None and st.drained and st.obj is conn:
                 # the last receive emptied the socket: don't pay for a doomed syscall
                 return self._pend(KIND_RECV_INTO, conn, buf, len(buf), flags, False,
-                                  self.monitor, st)
+                                  self.monitor, st, then)
             try:
                 n = conn.recv_into(buf, 0, flags)
             except _WOULD_BLOCK:
-                return self._pend(KIND_RECV_INTO, conn, buf, len(buf), flags, False, self.monitor)
+                return self._pend(KIND_RECV_INTO, conn, buf, len(buf), flags, False,
+                                  self.monitor, None, then)
             except Exception as exc:
-                return self._failed_inline(kind, conn, len(buf), exc)
+                fut = self._failed_inline(kind, conn, len(buf), exc)
+                if then is not None:
+                    self._loop._add_callback(then)
+                return fut
         else:
             kind = KIND_READ_PIPE
             try:
                 n = os.readv(conn.fileno(), (buf,))
             except _WOULD_BLOCK:
-                return self._pend(KIND_READ_PIPE, conn, buf, len(buf), 0, False, self.monitor)
+                return self._pend(KIND_READ_PIPE, conn, buf, len(buf), 0, False, self.monitor,
+                                  None, then)
             except Exception as exc:
-                return self._failed_inline(kind, conn, len(buf), exc)
+                fut = self._failed_inline(kind, conn, len(buf), exc)
+                if then is not None:
+                    self._loop._add_callback(then)
+                return fut
         mon = self.monitor
         if mon is not None:
             mon.op_inline(kind, conn.fileno(), len(buf), n)
         fut = self._loop.create_future()
         fut.set_result(n)
+        if then is not None:
+            self._loop._add_callback(then)
         return fut
 
     def recvfrom(self, conn: _socket, nbytes: int, flags: int = 0) -> asyncio.Future:
@@ -219,6 +239,29 @@ class SelectorProactor(FaultEmulationMixin, FdTableMixin):
             return fut
         rest = memoryview(buf)[n:] if n else buf
         op = self._pend(kind, conn, rest, total, flags, True, self.monitor)
+        op._lm_done = n
+        return op
+
+    def try_send(self, sock: _socket, data: bytes) -> Optional[asyncio.Future]:
+        """``send`` for a socket transport's idle ``write()``: None when all of ``data`` went
+        out inline (recorded as such), else the op's future (pending, or failed).
+
+        Saves the already-finished future (and its done callback) on the common path.
+        """
+        total = len(data)
+        try:
+            n = sock.send(data)
+        except _WOULD_BLOCK:
+            n = 0
+        except Exception as exc:
+            return self._send_failed_inline(KIND_SEND, sock, data, total, exc)
+        if n >= total:
+            mon = self.monitor
+            if mon is not None:
+                mon.op_inline(KIND_SEND, sock.fileno(), total, n)
+            return None
+        op = self._pend(KIND_SEND, sock, memoryview(data)[n:] if n else data, total, 0, True,
+                        self.monitor)
         op._lm_done = n
         return op
 
@@ -383,6 +426,8 @@ class SelectorProactor(FaultEmulationMixin, FdTableMixin):
             op._lm_backend = None
             op._lm_buf = None
             op.set_result(res)
+            if op._lm_cont is not None:
+                self._loop._add_callback(op._lm_cont)
             rec = op._lm_rec
             if rec is not None:
                 self.monitor.op_end(rec, OUTCOME_COMPLETED, nbytes)
@@ -435,10 +480,12 @@ class SelectorProactor(FaultEmulationMixin, FdTableMixin):
 
     # ------------------------------------------------------------------ op bookkeeping
     def _pend(self, kind: int, obj: Any, buf: Any, n: int, arg: Any, write: bool,
-              mon: Any, st: Optional[FdWaiters] = None) -> _PendingOp:
+              mon: Any, st: Optional[FdWaiters] = None,
+              cont: Optional[asyncio.Handle] = None) -> _PendingOp:
         """Queue an op that would block; the future is its state (no per-op dict/closure).
 
         ``st``: the caller already looked up ``obj``'s record (and it is ``obj``'s).
+        ``cont``: a loop handle to queue when the op completes or fails (``recv_into_then``).
         """
         if self._closed:
             raise RuntimeError("the loopmon proactor is closed")
@@ -463,6 +510,7 @@ class SelectorProactor(FaultEmulationMixin, FdTableMixin):
         op._lm_n = n
         op._lm_arg = arg
         op._lm_done = 0
+        op._lm_cont = cont
         if mon is not None:
             if kind in RECEIVE_KINDS:
                 op._lm_rec = mon.op_start_pinned(kind, fd, n, n)
@@ -505,6 +553,8 @@ class SelectorProactor(FaultEmulationMixin, FdTableMixin):
         op._lm_buf = None
         if not op.done():
             op.set_exception(exc)
+            if op._lm_cont is not None:
+                self._loop._add_callback(op._lm_cont)
         rec = op._lm_rec
         if rec is not None:
             self.monitor.op_end(rec, OUTCOME_FAILED, op._lm_done, type(exc).__name__)
