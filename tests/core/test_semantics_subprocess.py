@@ -344,3 +344,50 @@ def test_communicate_with_child_that_ignores_stdin(aloop, arun):
         assert out == b"" and proc.returncode == 0
         return proc.pid
     _assert_reaped([arun(main())])
+
+
+def test_subprocess_kwargs_reach_popen(aloop, arun, tmp_path):
+    """cwd, env, stdin=DEVNULL, stdout to a file, stderr to a raw fd: passed through to Popen."""
+    out_path = tmp_path / "out.txt"
+    err_r, err_w = os.pipe()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        with open(out_path, "wb") as out:
+            proc = await asyncio.create_subprocess_exec(
+                PY, "-c", "import os, sys; print(os.getcwd()); print(os.environ['LM_TEST']); "
+                          "sys.stderr.write('to fd'); print(repr(sys.stdin.read()))",
+                cwd=str(tmp_path), env={**os.environ, "LM_TEST": "value"},
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err_w)
+            assert proc.stdin is None and proc.stdout is None and proc.stderr is None
+            rc = await asyncio.wait_for(proc.wait(), 30)
+        os.close(err_w)
+        err = await loop.run_in_executor(None, os.read, err_r, 100)
+        os.close(err_r)
+        return proc.pid, rc, err
+    pid, rc, err = arun(main())
+    assert rc == 0 and err == b"to fd"
+    lines = out_path.read_text().splitlines()
+    assert lines == [os.path.realpath(tmp_path), "value", "''"]
+    _assert_reaped([pid])
+
+
+def test_subprocess_closes_stdout_before_exiting(aloop, arun):
+    """The child closes its stdout, lives on a little, then exits: connection_lost comes only
+    after both the pipe EOF and the exit."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto = await loop.subprocess_exec(
+            SubProto, PY, "-c",
+            "import os, sys, time; sys.stdout.write('bye'); sys.stdout.flush(); os.close(1); "
+            "time.sleep(0.3); sys.exit(4)", stdin=None, stderr=None)
+        assert await asyncio.wait_for(proto.done, 30) is None
+        assert tr.get_returncode() == 4
+        tr.close()
+        return tr.get_pid(), proto
+    pid, proto = arun(main())
+    assert bytes(proto.out[1]) == b"bye"
+    # (pipe EOF normally comes first, but under load both can land in one loop iteration)
+    assert proto.events[0] == "made" and proto.events[-1] == "lost"
+    assert sorted(proto.events[1:-1]) == ["exited", "pipe1_lost"]
+    _assert_reaped([pid])
