@@ -115,3 +115,35 @@ def test_aiohttp_exchange(aloop, arun, served_file):
         finally:
             await runner.cleanup()
     arun(main(), timeout=110)
+
+
+def test_aiohttp_over_tls(aloop, arun, served_file, tp_tls_contexts):
+    """HTTPS and WSS: aiohttp's server and client over the loop's TLS (sslproto) path,
+    including FileResponse, which must fall back from sendfile under TLS."""
+    path, file_data = served_file
+    server_ctx, client_ctx = tp_tls_contexts
+
+    async def main():
+        runner = web.AppRunner(_make_app(path))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        base = f"https://localhost:{port}"
+        try:
+            conn = aiohttp.TCPConnector(ssl=client_ctx)
+            async with aiohttp.ClientSession(connector=conn) as session:
+                async with session.get(base + "/hello/tls") as r:
+                    assert await r.text() == "hello tls"
+                body = os.urandom(4 * 1024 * 1024)
+                async with session.post(base + "/upload", data=body) as r:
+                    assert (await r.json())["sha256"] == hashlib.sha256(body).hexdigest()
+                async with session.get(base + "/file") as r:
+                    assert await r.read() == file_data
+                async with session.ws_connect(base.replace("https", "wss") + "/ws") as ws:
+                    await ws.send_str("secure")
+                    assert await ws.receive_str() == "SECURE"
+                    await ws.close()
+        finally:
+            await runner.cleanup()
+    arun(main(), timeout=110)
