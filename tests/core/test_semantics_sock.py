@@ -421,3 +421,59 @@ def test_cancel_pending_sock_recvfrom_loses_no_datagram(aloop, arun):
         a.close()
         b.close()
     arun(main())
+
+
+def test_zero_length_sock_operations(aloop, arun):
+    """Empty sends complete at once; an empty receive buffer returns 0 without waiting."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        client, conn = await _connected_pair()
+        assert await asyncio.wait_for(loop.sock_sendall(client, b""), 10) is None
+        assert await asyncio.wait_for(loop.sock_sendall(client, memoryview(b"")), 10) is None
+        assert await asyncio.wait_for(loop.sock_recv_into(conn, bytearray(0)), 10) == 0
+        await loop.sock_sendall(client, b"after empties")
+        got = b""
+        while len(got) < 13:
+            got += await asyncio.wait_for(loop.sock_recv(conn, 100), 10)
+        assert got == b"after empties"
+        client.close()
+        conn.close()
+    arun(main())
+
+
+def test_sock_connect_and_stream_calls_on_udp_sockets(aloop, arun):
+    """sock_connect on a datagram socket; then sock_sendall/sock_recv act per datagram."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for s in (a, b):
+            s.bind(("127.0.0.1", 0))
+            s.setblocking(False)
+        await asyncio.wait_for(loop.sock_connect(a, b.getsockname()), 10)
+        await asyncio.wait_for(loop.sock_connect(b, a.getsockname()), 10)
+        await loop.sock_sendall(a, b"one")
+        await loop.sock_sendall(a, b"two")
+        assert await asyncio.wait_for(loop.sock_recv(b, 100), 10) == b"one"
+        assert await asyncio.wait_for(loop.sock_recv(b, 100), 10) == b"two"
+        a.close()
+        b.close()
+    arun(main())
+
+
+@needs_311
+def test_empty_datagram_via_sock_sendto(aloop, arun):
+    async def main():
+        loop = asyncio.get_running_loop()
+        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for s in (a, b):
+            s.bind(("127.0.0.1", 0))
+            s.setblocking(False)
+        assert await loop.sock_sendto(a, b"", b.getsockname()) == 0
+        await loop.sock_sendto(a, b"next", b.getsockname())
+        assert await asyncio.wait_for(loop.sock_recvfrom(b, 100), 10) == (b"", a.getsockname())
+        assert await asyncio.wait_for(loop.sock_recvfrom(b, 100), 10) == (b"next", a.getsockname())
+        a.close()
+        b.close()
+    arun(main())
