@@ -455,7 +455,7 @@ class _RingOp(asyncio.Future):
 
     __slots__ = ("_lm_backend", "_lm_id", "_lm_kind", "_lm_obj", "_lm_fd", "_lm_sqe",
                  "_lm_addr", "_lm_n", "_lm_arg", "_lm_keep", "_lm_done", "_lm_rec", "_lm_pos",
-                 "_lm_phase", "_lm_nop")
+                 "_lm_phase", "_lm_nop", "_lm_then")
 
     def cancel(self, msg: Any = None) -> bool:
         backend = self._lm_backend
@@ -531,8 +531,20 @@ class IoUringProactor:
         return self._submit(KIND_RECV, conn, _OP_RECV, _addressof(buf), nbytes, 0, 0, buf, None)
 
     def recv_into(self, conn: Any, buf: Any, flags: int = 0) -> asyncio.Future:
+        return self.recv_into_then(conn, buf, None, flags)
+
+    def recv_into_then(self, conn: Any, buf: Any, then: Optional[asyncio.Handle],
+                       flags: int = 0) -> asyncio.Future:
+        """``recv_into`` whose completion (or failure, never a cancel) also queues ``then``.
+
+        The transports' read loop (``transports._ContinuedReadMixin``) passes one persistent
+        handle instead of adding a done callback to every receive future.
+        """
         if self._carry.by_fd and (q := self._carry.take(conn, self.monitor)) is not None:
-            return self._from_carry(KIND_RECV_INTO, conn, q, _nbytes(buf), buf)
+            fut = self._from_carry(KIND_RECV_INTO, conn, q, _nbytes(buf), buf)
+            if then is not None:
+                self._loop._add_callback(then)
+            return fut
         try:
             size = _nbytes(buf)
             if size > _BOUNCE_MAX:                  # the kernel writes the caller's memory
@@ -545,14 +557,21 @@ class IoUringProactor:
                 keep = self._pool_get(size)
                 addr, dest = _addressof(keep), buf
         except (TypeError, ValueError, BufferError):
-            return self._fallback.recv_into(conn, buf, flags)
+            return self._fallback.recv_into_then(conn, buf, then, flags)
         if not size:
-            return self._fallback.recv_into(conn, buf, flags)
+            return self._fallback.recv_into_then(conn, buf, then, flags)
         if isinstance(conn, _socket):
-            return self._submit(KIND_RECV_INTO, conn, _OP_RECV, addr, size, 0, flags, keep,
-                                self.monitor, dest)
-        return self._submit(KIND_READ_PIPE, conn, _OP_READ, addr, size, _NO_OFFSET, 0, keep,
-                            self.monitor, dest)
+            op = self._submit(KIND_RECV_INTO, conn, _OP_RECV, addr, size, 0, flags, keep,
+                              self.monitor, dest)
+        else:
+            op = self._submit(KIND_READ_PIPE, conn, _OP_READ, addr, size, _NO_OFFSET, 0, keep,
+                              self.monitor, dest)
+        if then is not None:
+            if type(op) is _RingOp:
+                op._lm_then = then
+            else:                               # failed at submission
+                self._loop._add_callback(then)
+        return op
 
     def recvfrom(self, conn: _socket, nbytes: int, flags: int = 0) -> asyncio.Future:
         if self._carry.by_fd and (q := self._carry.take(conn, self.monitor)) is not None:
@@ -615,6 +634,27 @@ class IoUringProactor:
                                 flags | _MSG_NOSIGNAL, keep, self.monitor, done=done)
         return self._submit(KIND_WRITE_PIPE, conn, _OP_WRITE, addr, size, _NO_OFFSET, 0, keep,
                             self.monitor)
+
+    def try_send(self, sock: _socket, data: bytes) -> Optional[asyncio.Future]:
+        """``send`` for a socket transport's idle ``write()``: None when all of ``data`` went
+        out inline (recorded as such), else the op's future (on the ring, or failed)."""
+        total = len(data)
+        if not self._inline_sends:
+            return self.send(sock, data)
+        try:
+            n = sock.send(data)
+        except _WOULD_BLOCK:
+            n = 0
+        except Exception as exc:
+            return self._fallback._send_failed_inline(KIND_SEND, sock, data, total, exc)
+        if n >= total:
+            mon = self.monitor
+            if mon is not None:
+                mon.op_inline(KIND_SEND, sock.fileno(), total, n)
+            return None
+        addr, keep = _buffer_address(data, False)
+        return self._submit(KIND_SEND, sock, _OP_SEND, addr, total, 0, _MSG_NOSIGNAL, keep,
+                            self.monitor, done=n)
 
     def sendto(self, conn: _socket, buf: Any, flags: int = 0, addr: Any = None) -> asyncio.Future:
         raw = _encode_sockaddr(conn.family, addr) if addr is not None else b""
@@ -737,6 +777,7 @@ class IoUringProactor:
         op._lm_pos = pos
         op._lm_phase = _PHASE_IO
         op._lm_nop = False
+        op._lm_then = None
         if mon is not None:
             op._lm_rec = (mon.op_start_pinned(kind, fd, n, n - done) if keep is not None and n
                           else mon.op_start(kind, fd, n))
@@ -897,6 +938,8 @@ class IoUringProactor:
         op._lm_backend = None
         self._unpin(op)
         op.set_result(result)
+        if op._lm_then is not None:
+            self._loop._add_callback(op._lm_then)
         rec = op._lm_rec
         if rec is not None:
             self.monitor.op_end(rec, OUTCOME_COMPLETED, nbytes)
@@ -990,6 +1033,8 @@ class IoUringProactor:
             self._unpin(op)
         op._lm_keep = None
         op.set_exception(exc)
+        if op._lm_then is not None:
+            self._loop._add_callback(op._lm_then)
         rec = op._lm_rec
         leak = (self._keep_failed_send_buffers and keep is not None
                 and op._lm_kind in (KIND_SEND, KIND_WRITE_PIPE, KIND_SENDTO))
