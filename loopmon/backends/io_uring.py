@@ -107,7 +107,8 @@ from .base import FAULT_CANCEL_DROPS_DATA, FAULT_SEND_KEEPS_BUFFER, check_faults
 from .selector import SelectorProactor, _fileno_or_none
 
 # --- kernel ABI (include/uapi/linux/io_uring.h) ---------------------------------------------
-_SYS_SETUP, _SYS_ENTER = 425, 426
+_SYS_SETUP, _SYS_ENTER, _SYS_REGISTER = 425, 426, 427
+_REGISTER_PROBE, _OP_SUPPORTED = 8, 1
 _SETUP_CQSIZE, _SETUP_SUBMIT_ALL = 1 << 3, 1 << 7
 _FEAT_SINGLE_MMAP, _FEAT_NODROP, _FEAT_EXT_ARG = 1 << 0, 1 << 1, 1 << 8
 _ENTER_GETEVENTS, _ENTER_EXT_ARG = 1 << 0, 1 << 3
@@ -170,6 +171,8 @@ _ADDR_OFFSET, _ADDR_ROOM = _MsgHdr.addr.offset, 128   # (msg.addr itself reads a
 _libc = ctypes.CDLL(None, use_errno=True)
 _sys_setup = _libc["syscall"]           # [] gives a fresh function object each time
 _sys_setup.restype = ctypes.c_long
+_sys_register = _libc["syscall"]
+_sys_register.restype = ctypes.c_long
 _sys_enter = _libc["syscall"]
 _sys_enter.restype = ctypes.c_long
 _sys_enter.argtypes = (ctypes.c_long, ctypes.c_int, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint,
@@ -273,6 +276,10 @@ class _Ring:
             os.close(fd)
             raise IoUringUnavailable(errno.ENOSYS, "io_uring without IORING_FEAT_NODROP "
                                      "(kernel < 5.5): completions could be lost")
+        missing = _unsupported_ops(fd)
+        if missing:
+            os.close(fd)
+            raise IoUringUnavailable(errno.ENOSYS, f"io_uring lacks {missing} (needs Linux >= 5.6)")
         try:
             sq_size = sq[6] + self.sq_entries * 4
             cq_size = cq[5] + self.cq_entries * _CQE.size
@@ -373,6 +380,24 @@ class _Ring:
             except (BufferError, ValueError):
                 pass
         os.close(self.fd)
+
+
+_NEEDED_OPS = {"NOP": _OP_NOP, "POLL_ADD": _OP_POLL_ADD, "SENDMSG": _OP_SENDMSG,
+               "RECVMSG": _OP_RECVMSG, "TIMEOUT": _OP_TIMEOUT, "ACCEPT": _OP_ACCEPT,
+               "ASYNC_CANCEL": _OP_ASYNC_CANCEL, "CONNECT": _OP_CONNECT, "READ": _OP_READ,
+               "WRITE": _OP_WRITE, "SEND": _OP_SEND, "RECV": _OP_RECV}
+
+
+def _unsupported_ops(fd: int) -> str:
+    """The opcodes we use that this kernel lacks (IORING_REGISTER_PROBE, itself 5.6+)."""
+    raw = (ctypes.c_uint8 * (16 + 8 * 256))()
+    if _sys_register(_SYS_REGISTER, fd, _REGISTER_PROBE, raw, 256) < 0:
+        return "IORING_REGISTER_PROBE"
+    ops_len = raw[1]
+    missing = [name for name, op in _NEEDED_OPS.items()
+               if op >= ops_len or not struct.unpack_from("<H", raw, 16 + 8 * op + 2)[0]
+               & _OP_SUPPORTED]
+    return ", ".join(f"IORING_OP_{m}" for m in missing)
 
 
 def probe() -> Optional[str]:

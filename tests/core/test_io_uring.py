@@ -550,3 +550,13 @@ def test_recv_into_leaves_the_callers_buffer_alone_until_completion(uloop):
         a.close()
         b.close()
     run(uloop, main())
+
+
+def test_a_kernel_without_our_opcodes_is_unavailable(monkeypatch):
+    if _UNAVAILABLE is not None:
+        pytest.skip(f"io_uring unavailable here: {_UNAVAILABLE}")
+    monkeypatch.setattr(io_uring, "_NEEDED_OPS", {"FROM_THE_FUTURE": 250})
+    reason = io_uring.probe()
+    assert reason and "IORING_OP_FROM_THE_FUTURE" in reason and "5.6" in reason
+    with pytest.raises(io_uring.IoUringUnavailable):
+        loopmon.new_event_loop(backend="io_uring")
