@@ -60,10 +60,14 @@ The traps
   the count, so a short completion resubmits the rest (same op, same ``user_data``, the
   buffer's address plus what is done) until all is sent, and re-pins just the remainder in
   the monitor.  An inline send that was short hands its remainder to the ring the same way.
-* **O_NONBLOCK pipes answer -EAGAIN.**  io_uring honours a file's ``O_NONBLOCK`` for plain
-  reads and writes (asyncio makes pipes non-blocking), so such a completion re-arms the op as
+* **O_NONBLOCK pipes may answer -EAGAIN.**  Some kernels honour a file's ``O_NONBLOCK``
+  for plain reads and writes (asyncio makes pipes non-blocking) and complete them with
+  ``-EAGAIN`` instead of waiting (6.x polls internally); such a completion re-arms the op as
   an ``IORING_OP_POLL_ADD`` for the right direction and resubmits the read/write when the
   poll fires.
+* **Old kernels.**  ``io_uring_setup`` exists since 5.1, but RECV/SEND/READ/WRITE/... since
+  5.6: setup asks ``IORING_REGISTER_PROBE`` (itself 5.6) which opcodes exist, so an old
+  kernel is "unavailable" at once rather than a loop whose every op fails.
 * **Readiness is someone else's job.**  ``add_reader``/``add_writer``, the write pipe's
   reader-gone wait, ``sendfile`` and anything we cannot express as an SQE (an unresolved
   host name, an address family we do not encode) run on an embedded ``SelectorProactor``,
@@ -99,8 +103,9 @@ from collections import deque
 from typing import Any, Iterable, Optional
 
 from ..monitor.events import (
-    FLAG_DISCARDED, FLAG_DRAINED_AT_CLOSE, KIND_ACCEPT, KIND_CONNECT, KIND_READ_PIPE, KIND_RECV, KIND_RECV_INTO,
-    KIND_RECVFROM, KIND_RECVFROM_INTO, KIND_SEND, KIND_SENDTO, KIND_WRITE_PIPE,
+    FLAG_DISCARDED, FLAG_DRAINED_AT_CLOSE, KIND_ACCEPT, KIND_CONNECT, KIND_READ_PIPE,
+    KIND_RECV, KIND_RECV_INTO, KIND_RECVFROM, KIND_RECVFROM_INTO, KIND_SEND, KIND_SENDTO,
+    KIND_WRITE_PIPE,
     OUTCOME_CANCELLED, OUTCOME_COMPLETED, OUTCOME_FAILED, RECEIVE_KINDS,
 )
 from .base import FAULT_CANCEL_DROPS_DATA, FAULT_SEND_KEEPS_BUFFER, check_faults
@@ -957,7 +962,8 @@ class IoUringProactor:
             result = None
         else:                                   # recvmsg: (data or count, peer address)
             msg = op._lm_arg
-            peer = _decode_sockaddr(_string_at(_addressof(msg) + _ADDR_OFFSET, _ADDR_ROOM), msg.namelen)
+            peer = _decode_sockaddr(_string_at(_addressof(msg) + _ADDR_OFFSET, _ADDR_ROOM),
+                                    msg.namelen)
             result = (_string_at(op._lm_addr, res) if kind == KIND_RECVFROM else res, peer)
         del self._inflight[uid]
         op._lm_backend = None
