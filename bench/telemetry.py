@@ -211,7 +211,9 @@ def bench_echo(rounds: int, per_conn: int, unlimited: bool = False) -> dict[str,
     runtime_dir = tempfile.mkdtemp(prefix="lmbench-")
     script = os.path.join(runtime_dir, "echo_child.py")
     Path(script).write_text(ECHO_CHILD)
-    variants = ["no agent", "agent, no client", "agent + client"] + ([UNLIMITED] if unlimited else [])
+    variants = ["no agent", "agent, no client", "agent + client"]
+    if unlimited:
+        variants.append(UNLIMITED)
     times: dict[str, Any] = {v: [] for v in variants}
     cpu: dict[str, list] = {v: [] for v in variants}
     streamed: dict[str, list] = {v: [] for v in variants}

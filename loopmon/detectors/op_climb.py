@@ -8,8 +8,9 @@ count jumps and later falls back.  Clinic.js Doctor tells the two apart for hand
 test, and so does this detector:
 
 1. Each tick samples the number of outstanding ops (from the monitor's counters: building the
-   outstanding table every tick would cost the loop's GIL time in proportion to its size).  Samples are averaged into buckets of
-   ``climb_bucket`` seconds, so one burst moves one or two buckets, not forty samples.
+   outstanding table every tick would cost the loop's GIL time in proportion to its size).
+   Samples are averaged into buckets of ``climb_bucket`` seconds, so one burst moves one or
+   two buckets, not forty samples.
 2. Over the last ``climb_window`` seconds, take the differences between consecutive bucket
    means and drop the zeros (a flat count carries no sign).  Under "no trend" each remaining
    difference is up or down with probability 1/2, so the number of ups among ``n`` is

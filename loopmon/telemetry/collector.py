@@ -18,7 +18,7 @@ Everything else happens here, on a daemon thread that never touches the loop: ev
    ``Outstanding`` messages to every Subscription -- with no subscriber, nothing is built.
 
 This thread shares the GIL with the monitored loop, so its Python work per event is the
-program's slowdown.  Each subscriber has an **event budget** (op events/s, default 25 k,
+program's slowdown.  Each subscriber has an **event budget** (op events/s, default 20 k,
 ``LOOPMON_EVENT_BUDGET``; see ``event_budget``): above it the tick's events are thinned --
 cancels, discards, failures and whole sampled op lifecycles first -- and the count left out
 travels in that subscriber's ``Sample.counters["events_omitted"]`` (with ``event_budget``).

@@ -35,9 +35,9 @@ groups it needs (``compress`` / ``map`` / set ``update``); no Python loop over t
 Failures, discards and flagged ends are only looked for when the monitor's counters moved.
 
 Traps: ops in flight when the sampler starts have no submit it saw; they are treated as
-picked (the client has them from its ``Outstanding`` backlog), so their ends travel.  If events are lost (ring overflow)
-an end never comes and ``_sent_open`` would grow: it is trimmed to the monitor's in-flight ops
-when it gets large.
+picked (the client has them from its ``Outstanding`` backlog), so their ends travel.  If
+events are lost (ring overflow) an end never comes and ``_sent_open`` would grow: it is
+trimmed to the monitor's in-flight ops when it gets large.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ from ..monitor.events import (EV_BUF_PIN, EV_BUF_RELEASE, EV_DISCARD, EV_OP_CANC
                               EV_OP_INLINE, EV_OP_SUBMIT, OUTCOME_COMPLETED)
 from .event_batch import EventBatch
 
-DEFAULT_EVENT_BUDGET = 25_000        # events/s per client
+DEFAULT_EVENT_BUDGET = 20_000        # events/s per client
 BURST_SECONDS = 0.5                  # the bucket holds this much of the budget
 _SENT_OPEN_TRIM = 200_000
 
@@ -207,10 +207,10 @@ class EventSampler:
             out += sel
         room = allowance - len(out)
         # 3. buffer releases, then inline successes: whole groups only
-        releases = batch.group(EV_BUF_RELEASE)
-        if releases and len(releases) <= room:
-            out += releases
-            room -= len(releases)
+        n_releases = batch.count_code(EV_BUF_RELEASE)      # the group is made only if it fits
+        if n_releases and n_releases <= room:
+            out += batch.group(EV_BUF_RELEASE)
+            room -= n_releases
         n_ok = len(inline) - len(inline_failed)
         if n_ok and n_ok <= room:
             out += (compress(inline, map(eq, map(_col7, inline), repeat(OUTCOME_COMPLETED)))
