@@ -9,6 +9,14 @@ no per-op dicts, no ``add_done_callback`` round trips.  An op that finishes insi
 submission call (most ops on the selector-emulated backend) is a single ``op_inline`` call
 and never touches the outstanding table.
 
+What keeps a call cheap: an op's id is the sequence number of its first event and a
+buffer's id that of its pin event (one plain-int counter instead of three iterators); a
+buffer pinned by a pending op lives in the op's ``OpRecord`` (no second object, no
+buffer-table entry) until the op ends -- only a buffer *kept* past its op's end gets a
+``BufferRecord`` in the table; and counters that are sums (``ops_submitted``,
+``ops_completed``, ``ops_failed``, ``buffer_bytes_live``) are properties over the parts the
+hot path bumps, so an inline op bumps two ints, not four.
+
 Every method swallows its own exceptions: instrumentation must never raise into the program.
 Errors are counted (``instrumentation_errors``) and the last one kept for the snapshot.
 
@@ -20,7 +28,6 @@ is a bounded ``deque``; when nobody drains it the oldest events fall off, and th
 """
 from __future__ import annotations
 
-import itertools
 import time
 from collections import deque
 from typing import Optional
@@ -40,25 +47,30 @@ _DIRECTION = tuple(1 if k in RECEIVE_KINDS else 2 if k in SEND_KINDS else 0 for 
 
 
 class OpRecord:
-    """One pending op.  Owned by the backend between ``op_start`` and ``op_end``."""
+    """One pending op.  Owned by the backend between ``op_start`` and ``op_end``.
+
+    While the op is outstanding, a buffer pinned for it lives in the record itself
+    (``buffer_id`` non-zero) rather than in the buffer table; see ``Monitor``.
+    """
 
     __slots__ = ("op_id", "kind", "fd", "requested", "submit_t", "cancel_t",
                  "buffer_id", "buffer_size", "buffer_pin_t", "peer")
 
-    def __init__(self, op_id: int, kind: int, fd: int, requested: int, submit_t: float) -> None:
+    def __init__(self, op_id: int, kind: int, fd: int, requested: int, submit_t: float,
+                 buffer_id: int = 0, buffer_size: int = 0) -> None:
         self.op_id = op_id
         self.kind = kind
         self.fd = fd
         self.requested = requested
         self.submit_t = submit_t
         self.cancel_t = 0.0        # 0.0: no cancel requested
-        self.buffer_id = 0         # 0: holds no buffer
-        self.buffer_size = 0
-        self.buffer_pin_t = 0.0
+        self.buffer_id = buffer_id  # 0: holds no buffer
+        self.buffer_size = buffer_size
+        self.buffer_pin_t = submit_t if buffer_id else 0.0
         self.peer: Optional[str] = None
 
-    # While its op runs, a pinned buffer is represented in the buffer table by the OpRecord
-    # itself (one allocation less per pending op on the hot path); these read like a
+    # While its op runs, a pinned buffer is represented by the OpRecord itself (no second
+    # object and no buffer-table entry per pending op on the hot path); these read like a
     # BufferRecord.  A buffer kept past its op's end gets a real BufferRecord.
     @property
     def buf_id(self) -> int:
@@ -78,7 +90,7 @@ class OpRecord:
 
 
 class BufferRecord:
-    """A buffer the backend allocated or pinned on behalf of an op."""
+    """A buffer the backend allocated or pinned on behalf of an op, held past the op's end."""
 
     __slots__ = ("buf_id", "op_id", "kind", "size", "pin_t", "op_end_t")
 
@@ -99,26 +111,26 @@ class Monitor:
         self.created_wall = time.time()
         self.created_t = _monotonic()
         self.closed = False
-        self._ring: deque = deque(maxlen=ring_capacity)
+        self._ring = deque(maxlen=ring_capacity)      # sets _ring_append too
         self.ring_capacity = ring_capacity
-        self._seq = itertools.count()
-        self._op_ids = itertools.count(1)
-        self._buf_ids = itertools.count(1)
+        # the sequence number of the next event; an op's id is the seq of its first event,
+        # a buffer's id the seq of its pin event (unique, increasing, never 0)
+        self._seq_next = 1
         self._outstanding: dict[int, OpRecord] = {}
-        self._buffers: dict[int, BufferRecord] = {}
-        # counters: plain ints, written only on the loop thread
-        self.ops_submitted = 0
-        self.ops_completed = 0
-        self.ops_cancelled = 0
-        self.ops_failed = 0
+        self._buffers: dict[int, BufferRecord] = {}   # buffers held past their op's end
+        # counters: plain ints, written only on the loop thread (some are sums: properties)
         self.ops_inline = 0
+        self._ops_pended = 0
+        self._inline_failed = 0
+        self._ended_completed = 0
+        self._ended_failed = 0
+        self.ops_cancelled = 0
         self.cancel_requests = 0
         self.late_completions = 0
         self.bytes_received = 0
         self.bytes_delivered = 0
         self.bytes_discarded = 0
         self.bytes_sent = 0
-        self.buffer_bytes_live = 0
         self.buffers_pinned = 0
         self.loop_lag = 0.0
         self.loop_lag_max = 0.0
@@ -126,36 +138,64 @@ class Monitor:
         self.instrumentation_errors = 0
         self.last_instrumentation_error = ""
         # consumer side (drain)
-        self._next_seq = 0
+        self._next_seq = 1
         self.events_dropped = 0
         # alerts raised by detectors (loopmon.detectors); bounded
         self.alerts: deque = deque(maxlen=1000)
+
+    @property
+    def _ring(self) -> deque:
+        return self._ring_deque
+
+    @_ring.setter
+    def _ring(self, ring: deque) -> None:
+        # the hot path calls the bound append: rebinding the ring rebinds it
+        self._ring_deque = ring
+        self._ring_append = ring.append
+
+    # counters kept as parts on the hot path (fewer increments per op), summed on read
+    @property
+    def ops_submitted(self) -> int:
+        return self.ops_inline + self._ops_pended
+
+    @property
+    def ops_completed(self) -> int:
+        return self.ops_inline - self._inline_failed + self._ended_completed
+
+    @property
+    def ops_failed(self) -> int:
+        return self._inline_failed + self._ended_failed
+
+    @property
+    def buffer_bytes_live(self) -> int:
+        return sum(b.size for b in self._live_buffer_records())
 
     # ------------------------------------------------------------------ hot path (loop thread)
     def op_inline(self, kind: int, fd: int, requested: int, nbytes: int) -> None:
         """An op submitted and completed successfully within the same call."""
         try:
-            self.ops_submitted += 1
-            self.ops_completed += 1
+            seq = self._seq_next
+            self._seq_next = seq + 1
             self.ops_inline += 1
             d = _DIRECTION[kind]
-            if d == 1:
-                self.bytes_received += nbytes
-            elif d == 2:
+            if d == 2:
                 self.bytes_sent += nbytes
-            self._ring.append((next(self._seq), EV_OP_INLINE, _monotonic(), next(self._op_ids),
-                               kind, fd, requested, OUTCOME_COMPLETED, nbytes, ""))
+            elif d == 1:
+                self.bytes_received += nbytes
+            self._ring_append((seq, EV_OP_INLINE, _monotonic(), seq, kind, fd, requested,
+                               OUTCOME_COMPLETED, nbytes, ""))
         except Exception as exc:  # pragma: no cover - defensive
             self._note_error(exc)
 
     def op_failed_inline(self, kind: int, fd: int, requested: int, exc: BaseException) -> None:
         """An op that failed inside its submission call (no buffer involved)."""
         try:
-            self.ops_submitted += 1
-            self.ops_failed += 1
+            seq = self._seq_next
+            self._seq_next = seq + 1
             self.ops_inline += 1
-            self._ring.append((next(self._seq), EV_OP_INLINE, _monotonic(), next(self._op_ids),
-                               kind, fd, requested, OUTCOME_FAILED, 0, type(exc).__name__))
+            self._inline_failed += 1
+            self._ring_append((seq, EV_OP_INLINE, _monotonic(), seq, kind, fd, requested,
+                               OUTCOME_FAILED, 0, type(exc).__name__))
         except Exception as err:  # pragma: no cover - defensive
             self._note_error(err)
 
@@ -163,11 +203,12 @@ class Monitor:
         """An op goes pending.  Returns the record to hand back to ``op_end`` (None on error)."""
         try:
             t = _monotonic()
-            op_id = next(self._op_ids)
-            rec = OpRecord(op_id, kind, fd, requested, t)
-            self._outstanding[op_id] = rec
-            self.ops_submitted += 1
-            self._ring.append((next(self._seq), EV_OP_SUBMIT, t, op_id, kind, fd, requested))
+            seq = self._seq_next
+            self._seq_next = seq + 1
+            rec = OpRecord(seq, kind, fd, requested, t)
+            self._outstanding[seq] = rec
+            self._ops_pended += 1
+            self._ring_append((seq, EV_OP_SUBMIT, t, seq, kind, fd, requested))
             return rec
         except Exception as exc:  # pragma: no cover - defensive
             self._note_error(exc)
@@ -181,21 +222,16 @@ class Monitor:
         """
         try:
             t = _monotonic()
-            op_id = next(self._op_ids)
-            rec = OpRecord(op_id, kind, fd, requested, t)
-            self._outstanding[op_id] = rec
-            self.ops_submitted += 1
-            ring_append = self._ring.append
-            seq = self._seq
-            ring_append((next(seq), EV_OP_SUBMIT, t, op_id, kind, fd, requested))
-            buf_id = next(self._buf_ids)
-            rec.buffer_id = buf_id
-            rec.buffer_size = size
-            rec.buffer_pin_t = t
-            self._buffers[buf_id] = rec
-            self.buffer_bytes_live += size
+            seq = self._seq_next
+            buf_id = seq + 1
+            self._seq_next = seq + 2
+            rec = OpRecord(seq, kind, fd, requested, t, buf_id, size)
+            self._outstanding[seq] = rec
+            self._ops_pended += 1
             self.buffers_pinned += 1
-            ring_append((next(seq), EV_BUF_PIN, t, buf_id, op_id, size))
+            ring_append = self._ring_append
+            ring_append((seq, EV_OP_SUBMIT, t, seq, kind, fd, requested))
+            ring_append((buf_id, EV_BUF_PIN, t, buf_id, seq, size))
             return rec
         except Exception as exc:  # pragma: no cover - defensive
             self._note_error(exc)
@@ -209,7 +245,9 @@ class Monitor:
             t = _monotonic()
             rec.cancel_t = t
             self.cancel_requests += 1
-            self._ring.append((next(self._seq), EV_OP_CANCEL, t, rec.op_id))
+            seq = self._seq_next
+            self._seq_next = seq + 1
+            self._ring_append((seq, EV_OP_CANCEL, t, rec.op_id))
         except Exception as exc:  # pragma: no cover - defensive
             self._note_error(exc)
 
@@ -224,44 +262,49 @@ class Monitor:
         if rec is None:
             return
         try:
-            t = _monotonic()
-            if self._outstanding.pop(rec.op_id, None) is None:
+            op_id = rec.op_id
+            if self._outstanding.pop(op_id, None) is None:
                 return  # ended twice, or drained at close already
+            t = _monotonic()
             if rec.cancel_t:
                 flags |= FLAG_CANCEL_REQUESTED
                 if outcome == OUTCOME_COMPLETED:
                     flags |= FLAG_LATE_COMPLETION
                     self.late_completions += 1
             if outcome == OUTCOME_COMPLETED:
-                self.ops_completed += 1
+                self._ended_completed += 1
             elif outcome == OUTCOME_CANCELLED:
                 self.ops_cancelled += 1
             else:
-                self.ops_failed += 1
+                self._ended_failed += 1
             if nbytes:
                 d = _DIRECTION[rec.kind]
                 if d == 1:
                     self.bytes_received += nbytes
                 elif d == 2:
                     self.bytes_sent += nbytes
-            self._ring.append((next(self._seq), EV_OP_END, t, rec.op_id, outcome, nbytes, error, flags))
+            ring_append = self._ring_append
+            seq = self._seq_next
+            ring_append((seq, EV_OP_END, t, op_id, outcome, nbytes, error, flags))
+            seq += 1
             if flags & FLAG_DISCARDED and nbytes:
                 self.bytes_discarded += nbytes
-                self._ring.append((next(self._seq), EV_DISCARD, t, rec.op_id, nbytes))
+                ring_append((seq, EV_DISCARD, t, op_id, nbytes))
+                seq += 1
             buf_id = rec.buffer_id
             if buf_id:
                 if keep_buffer:
-                    if self._buffers.get(buf_id) is rec:
-                        buf = BufferRecord(buf_id, rec.op_id, rec.kind, rec.buffer_size,
-                                           rec.buffer_pin_t)
-                        buf.op_end_t = t
-                        self._buffers[buf_id] = buf
+                    # held past the op's end: into the buffer table (rec keeps its buffer_id,
+                    # so a later buffer_release(rec) still finds it)
+                    buf = BufferRecord(buf_id, op_id, rec.kind, rec.buffer_size,
+                                       rec.buffer_pin_t)
+                    buf.op_end_t = t
+                    self._buffers[buf_id] = buf
                 else:
-                    buf = self._buffers.pop(buf_id, None)
-                    if buf is not None:
-                        self.buffer_bytes_live -= buf.size
-                        self._ring.append((next(self._seq), EV_BUF_RELEASE, t, buf_id))
                     rec.buffer_id = 0
+                    ring_append((seq, EV_BUF_RELEASE, t, buf_id))
+                    seq += 1
+            self._seq_next = seq
         except Exception as exc:  # pragma: no cover - defensive
             self._note_error(exc)
 
@@ -271,24 +314,27 @@ class Monitor:
             return
         try:
             t = _monotonic()
-            buf_id = next(self._buf_ids)
-            rec.buffer_id = buf_id
+            seq = self._seq_next
+            self._seq_next = seq + 1
+            rec.buffer_id = seq
             rec.buffer_size = size
             rec.buffer_pin_t = t
-            self._buffers[buf_id] = rec
-            self.buffer_bytes_live += size
             self.buffers_pinned += 1
-            self._ring.append((next(self._seq), EV_BUF_PIN, t, buf_id, rec.op_id, size))
+            self._ring_append((seq, EV_BUF_PIN, t, seq, rec.op_id, size))
         except Exception as exc:  # pragma: no cover - defensive
             self._note_error(exc)
 
     def buffer_release(self, rec: Optional[OpRecord]) -> None:
-        """The backend let go of the buffer of ``rec`` before the op ended."""
+        """The backend let go of the buffer of ``rec`` (before, or -- kept -- after its end)."""
         if rec is None or not rec.buffer_id:
             return
         try:
-            self._release(rec.buffer_id, _monotonic())
+            buf_id = rec.buffer_id
             rec.buffer_id = 0
+            if self._outstanding.get(rec.op_id) is rec:
+                self._emit_release(buf_id, _monotonic())
+            else:
+                self._release(buf_id, _monotonic())
         except Exception as exc:  # pragma: no cover - defensive
             self._note_error(exc)
 
@@ -303,7 +349,9 @@ class Monitor:
         """Received bytes that will never be delivered, outside of an ``op_end``."""
         try:
             self.bytes_discarded += nbytes
-            self._ring.append((next(self._seq), EV_DISCARD, _monotonic(), op_id, nbytes))
+            seq = self._seq_next
+            self._seq_next = seq + 1
+            self._ring_append((seq, EV_DISCARD, _monotonic(), op_id, nbytes))
         except Exception as exc:  # pragma: no cover - defensive
             self._note_error(exc)
 
@@ -366,6 +414,7 @@ class Monitor:
             name = kind_name(rec.kind)
             by_kind[name] = by_kind.get(name, 0) + 1
         bufs = list(self._buffers.values())
+        bufs += [rec for rec in ops if rec.buffer_id]
         return Snapshot(
             time=now, wall=time.time(), backend=self.backend, closed=self.closed,
             ops_outstanding=len(ops), ops_outstanding_by_kind=by_kind,
@@ -397,18 +446,28 @@ class Monitor:
         return [BufferInfo(buf_id=b.buf_id, op_id=b.op_id, kind=kind_name(b.kind), size=b.size,
                            age=now - b.pin_t,
                            held_after_op_end=(now - b.op_end_t) if b.op_end_t else 0.0)
-                for b in list(self._buffers.values())]
+                for b in self._live_buffer_records()]
 
     def lag_samples(self, since: float = 0.0) -> list[tuple[float, float]]:
         """``(monotonic time, lag seconds)`` samples newer than ``since``."""
         return [s for s in list(self._lag_samples) if s[0] > since]
 
     # ------------------------------------------------------------------ internals
+    def _live_buffer_records(self) -> list:
+        """Buffers held now: kept ones (table) and those of outstanding ops (the records)."""
+        bufs: list = list(self._buffers.values())
+        bufs += [rec for rec in list(self._outstanding.values()) if rec.buffer_id]
+        return bufs
+
     def _release(self, buf_id: int, t: float) -> None:
-        buf = self._buffers.pop(buf_id, None)
-        if buf is not None:
-            self.buffer_bytes_live -= buf.size
-            self._ring.append((next(self._seq), EV_BUF_RELEASE, t, buf_id))
+        """Release a buffer of the table (one kept past its op's end)."""
+        if self._buffers.pop(buf_id, None) is not None:
+            self._emit_release(buf_id, t)
+
+    def _emit_release(self, buf_id: int, t: float) -> None:
+        seq = self._seq_next
+        self._seq_next = seq + 1
+        self._ring_append((seq, EV_BUF_RELEASE, t, buf_id))
 
     def _note_error(self, exc: BaseException) -> None:
         try:
