@@ -42,6 +42,7 @@ _datagram_loop_reading = proactor_events._ProactorDatagramTransport._loop_readin
 _datagram_loop_writing = proactor_events._ProactorDatagramTransport._loop_writing
 _base_write = proactor_events._ProactorBaseWritePipeTransport.write
 _IMMUTABLE_CHUNKS = sys.version_info >= (3, 12)    # 3.12+ hands protocols bytes, not bytearray
+_CONTINUED = object()   # _loop_reading(_CONTINUED): the persistent read handle's call
 
 
 class _ShutdownTolerantSocket:
@@ -194,18 +195,17 @@ class _ContinuedReadMixin:
         then = getattr(loop._proactor, "recv_into_then", None)
         if then is not None:
             self._lm_recv_into_then = then
-            self._lm_read_handle = events.Handle(self._lm_read_complete, (), loop, None)
-
-    def _lm_read_complete(self):
-        fut = self._lm_reading
-        if fut is not None and fut.done():
-            self._lm_reading = None
-            self._loop_reading(fut)
+            self._lm_read_handle = events.Handle(self._loop_reading, (_CONTINUED,), loop, None)
 
     def _loop_reading(self, fut=None):
         length = -1
         data = None
         then = self._lm_recv_into_then
+        if fut is _CONTINUED:           # the persistent handle: continue _lm_reading
+            fut = self._lm_reading
+            if fut is None or not fut.done():
+                return
+            self._lm_reading = None
         try:
             if fut is not None:
                 assert self._read_fut is fut or (self._read_fut is None and self._closing)
@@ -249,7 +249,22 @@ class _ContinuedReadMixin:
             if not self._paused and then is None:
                 self._read_fut.add_done_callback(self._loop_reading)
         finally:
-            if length > -1:
+            if length > 0 and not self._paused and not self._lm_backlog:
+                # _data_received -> _lm_deliver for the common case: a plain protocol
+                protocol = self._protocol
+                if isinstance(protocol, BufferedProtocol):
+                    self._lm_deliver(data, length)
+                else:
+                    mon = self._loop.monitor
+                    if mon is not None:
+                        mon.delivered(length)
+                    try:
+                        protocol.data_received(data)
+                    except (SystemExit, KeyboardInterrupt):
+                        raise
+                    except BaseException as exc:
+                        self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+            elif length > -1:
                 self._data_received(data, length)
 
 

@@ -159,15 +159,33 @@ class SelectorProactor(FaultEmulationMixin, FdTableMixin):
         if isinstance(conn, _socket):
             kind = KIND_RECV_INTO
             st = self._fds.get(conn.fileno())
-            if st is not None and st.drained and st.obj is conn:
-                # the last receive emptied the socket: don't pay for a doomed syscall
-                return self._pend(KIND_RECV_INTO, conn, buf, len(buf), flags, False,
-                                  self.monitor, st, then)
+            if st is not None and st.drained and st.obj is conn and st.mask & _READ:
+                # the last receive emptied the socket: don't pay for a doomed syscall.
+                # _pend() inlined (the hot path of a stream's read loop): st is conn's,
+                # the selector already watches it for reading.
+                if self._closed:
+                    raise RuntimeError("the loopmon proactor is closed")
+                op = _PendingOp(loop=self._loop)
+                op._lm_backend = self
+                op._lm_kind = KIND_RECV_INTO
+                op._lm_obj = conn
+                op._lm_fd = st.fd
+                op._lm_buf = buf
+                op._lm_n = n = len(buf)
+                op._lm_arg = flags
+                op._lm_done = 0
+                op._lm_cont = then
+                mon = self.monitor
+                op._lm_rec = (None if mon is None
+                              else mon.op_start_pinned(KIND_RECV_INTO, st.fd, n, n))
+                st.readers.append(op)
+                return op
             try:
                 n = conn.recv_into(buf, 0, flags)
             except _WOULD_BLOCK:
                 return self._pend(KIND_RECV_INTO, conn, buf, len(buf), flags, False,
-                                  self.monitor, None, then)
+                                  self.monitor, st if st is not None and st.obj is conn else None,
+                                  then)
             except Exception as exc:
                 fut = self._failed_inline(kind, conn, len(buf), exc)
                 if then is not None:
