@@ -53,7 +53,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import os
+import select as _select_mod
 import selectors
 import socket
 from typing import Any, Iterable, Optional
@@ -68,6 +70,8 @@ from .fdtable import _READ, _WRITE, FdTableMixin, FdWaiters, _fd_or_minus_one, _
 _socket = socket.socket
 _WOULD_BLOCK = (BlockingIOError, InterruptedError)
 _NO_EVENTS: tuple = ()
+_NOT_EPOLLIN = ~getattr(_select_mod, "EPOLLIN", 0)      # what selectors maps to EVENT_WRITE
+_NOT_EPOLLOUT = ~getattr(_select_mod, "EPOLLOUT", 0)    # ... and to EVENT_READ
 
 
 class _PendingOp(asyncio.Future):
@@ -98,6 +102,9 @@ class SelectorProactor(FaultEmulationMixin, FdTableMixin):
         self.monitor = monitor
         self._init_faults(faults)
         self._selector = selector if selector is not None else selectors.DefaultSelector()
+        self._epoll_poll = (self._selector._selector.poll
+                            if type(self._selector) is getattr(selectors, "EpollSelector", None)
+                            else None)
         self._fds: dict[int, FdWaiters] = {}
         self._cancelled: list[_PendingOp] = []     # cancel requested; completion due next select()
         self._loop: Any = None
@@ -152,7 +159,8 @@ class SelectorProactor(FaultEmulationMixin, FdTableMixin):
                        flags: int = 0) -> asyncio.Future:
         """``recv_into`` whose completion also queues the loop handle ``then``.
 
-        For a transport's read loop (``transports._ContinuedReadMixin``): ``then`` is queued
+        For a transport's read loop (``transports._ContinuedReadMixin``): ``then`` (a handle
+        nobody cancels: it goes straight onto the ready queue) is queued
         when the op completes or fails -- at once when that happens inline -- and never when
         it is cancelled.  It replaces a done callback per receive.
         """
@@ -209,7 +217,7 @@ class SelectorProactor(FaultEmulationMixin, FdTableMixin):
         fut = self._loop.create_future()
         fut.set_result(n)
         if then is not None:
-            self._loop._add_callback(then)
+            self._loop._ready.append(then)       # a handle nobody cancels
         return fut
 
     def recvfrom(self, conn: _socket, nbytes: int, flags: int = 0) -> asyncio.Future:
@@ -363,12 +371,36 @@ class SelectorProactor(FaultEmulationMixin, FdTableMixin):
         """Wait for readiness, run the syscalls of ready ops, complete their futures."""
         if self._cancelled:
             timeout = 0
-        ready = self._selector.select(timeout)
+        poll = self._epoll_poll
+        if poll is not None:
+            # EpollSelector.select() without its (key, events) list: raw (fd, epoll mask)
+            if timeout is None:
+                timeout = -1
+            elif timeout <= 0:
+                timeout = 0
+            else:
+                timeout = math.ceil(timeout * 1e3) * 1e-3   # as selectors: no busy wait
+            try:
+                ready = poll(timeout, len(self._fds) or 1)
+            except InterruptedError:
+                ready = ()
+        else:
+            ready = self._selector.select(timeout)
         if self._cancelled:
             self._finish_cancelled()
         add_callback = self._loop._add_callback
+        fds = self._fds
         for key, events in ready:
-            st = key.data
+            if poll is not None:
+                st = fds.get(key)
+                if st is None:
+                    continue
+                events = (((_WRITE if events & _NOT_EPOLLIN else 0)
+                           | (_READ if events & _NOT_EPOLLOUT else 0)) & st.mask)
+                if not events:
+                    continue
+            else:
+                st = key.data
             want = st.mask
             if events & _READ:
                 handle = st.reader_handle
@@ -445,7 +477,7 @@ class SelectorProactor(FaultEmulationMixin, FdTableMixin):
             op._lm_buf = None
             op.set_result(res)
             if op._lm_cont is not None:
-                self._loop._add_callback(op._lm_cont)
+                self._loop._ready.append(op._lm_cont)
             rec = op._lm_rec
             if rec is not None:
                 self.monitor.op_end(rec, OUTCOME_COMPLETED, nbytes)
