@@ -41,6 +41,7 @@ from .events import (
 from .snapshot import BufferInfo, OpInfo, Snapshot
 
 _monotonic = time.monotonic
+_new_record = object.__new__
 
 # 0: no byte accounting, 1: received from the OS, 2: sent to the OS; indexed by kind
 _DIRECTION = tuple(1 if k in RECEIVE_KINDS else 2 if k in SEND_KINDS else 0 for k in range(32))
@@ -225,7 +226,17 @@ class Monitor:
             seq = self._seq_next
             buf_id = seq + 1
             self._seq_next = seq + 2
-            rec = OpRecord(seq, kind, fd, requested, t, buf_id, size)
+            rec = _new_record(OpRecord)     # OpRecord(...) without the __init__ frame
+            rec.op_id = seq
+            rec.kind = kind
+            rec.fd = fd
+            rec.requested = requested
+            rec.submit_t = t
+            rec.cancel_t = 0.0
+            rec.buffer_id = buf_id
+            rec.buffer_size = size
+            rec.buffer_pin_t = t
+            rec.peer = None
             self._outstanding[seq] = rec
             self._ops_pended += 1
             self.buffers_pinned += 1
