@@ -22,7 +22,7 @@ import pytest  # noqa: E402
 
 # pytest-qt provides qtbot/qapp; without it (a venv with loopmon-asyncio[gui,test] but not
 # [gui-test]) say so once instead of erroring in every test
-pytest.importorskip("pytestqt", reason="GUI tests need pytest-qt: pip install loopmon-asyncio[gui-test]")
+pytest.importorskip("pytestqt", reason="GUI tests need pytest-qt: pip install loopmon-asyncio[gui,test]")
 pytest.importorskip("PySide6", reason="GUI tests need PySide6: pip install loopmon-asyncio[gui]")
 
 from gui_helpers import REPO, Children  # noqa: E402
