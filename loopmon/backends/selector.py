@@ -43,6 +43,13 @@ The traps
   a short datagram says nothing about the queue) and the next one goes straight to pending.
   Readiness is level-triggered, so data that arrived meanwhile completes it on the very
   next ``select()``.
+* **The stream hot path skips the future machinery where it can.**  ``try_send`` (a socket
+  transport's idle ``write()``) returns None instead of an already-finished future when
+  all bytes went out inline; ``recv_into_then`` queues the transport's persistent read
+  handle on completion instead of a done callback (which would build a ``Handle`` per
+  chunk); both record exactly what ``send``/``recv_into`` record.  ``select()`` polls
+  epoll directly and maps fds through our own table (``EpollSelector.select`` would build
+  a ``(key, events)`` list per pass); other selectors go through ``selectors``.
 * **Internal fds are not recorded.**  The loop's self-pipe reader uses ``recv_unrecorded``.
 * **Pipes are not sockets.**  Pipe transports hand us file objects: those use
   ``os.read``/``os.readv``/``os.write`` and record ``KIND_READ_PIPE``/``KIND_WRITE_PIPE``.
