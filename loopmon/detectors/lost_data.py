@@ -38,7 +38,7 @@ receives' late completions count) comes from the last ticks' submits, or from th
 from __future__ import annotations
 
 from collections import deque
-from itertools import compress
+from itertools import chain, compress
 from operator import itemgetter
 from typing import TYPE_CHECKING
 
@@ -79,7 +79,7 @@ class LostDataDetector:
         self.late_completion_bytes = 0
         self._cancelled: dict[int, int] = {}    # cancelled op id -> kind, until its end
         self._unresolved_cancels: set[int] = set()   # cancelled ops of unknown kind
-        self._recent_submits: deque = deque(maxlen=2)  # the last ticks' submit events
+        self._recent_submits: deque = deque(maxlen=10)  # the last batches' submit events
         self._next_table_refresh = 0.0
         self._next_resolve = 0.0
         self._reader_fds: dict[int, float] = {} # fd -> last time a receive op ran on it
@@ -131,14 +131,13 @@ class LostDataDetector:
     def _note_cancels(self, op_ids: set) -> None:
         """Remember the kinds of cancelled ops (a late completion counts only for receives).
 
-        The submit is usually among the last ticks' (kept for this); an older op's kind is
+        The submit is usually among the last batches' (~0.1 s, kept for this); an older op's kind is
         looked up in the monitor's in-flight table at the next ``evaluate``.
         """
         cancelled = self._cancelled
         if len(cancelled) + len(op_ids) > _MAX_TRACKED_CANCELS:
             cancelled.clear()          # ends were lost: only evidence is lost with them
-        recent = [ev for group in self._recent_submits for ev in group] \
-            if len(self._recent_submits) > 1 else self._recent_submits[0]
+        recent = list(chain.from_iterable(self._recent_submits))
         found = list(compress(recent, map(op_ids.__contains__, map(_op_of, recent))))
         cancelled.update(zip(map(_op_of, found), map(_kind_of, found)))
         op_ids.difference_update(map(_op_of, found))

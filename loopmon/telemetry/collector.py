@@ -18,7 +18,12 @@ Everything else happens here, on a daemon thread that never touches the loop: ev
    ``Outstanding`` messages to every Subscription -- with no subscriber, nothing is built.
 
 This thread shares the GIL with the monitored loop, so its Python work per event is the
-program's slowdown.  Each subscriber has an **event budget** (op events/s, default 20 k,
+program's slowdown.  It drains every ``drain_period`` (10 ms), not once per sample: the
+events are then still in the CPU's caches (a 50 ms batch of a busy server is ~1 MB of
+tuples), and draining, the detectors' ``observe`` and the budget selection run on each small
+batch; ``evaluate``, the Sample and the fan-out happen once per ``sample_period``.  Measured
+on the echo benchmark: the collector with no client cost the loop 17 % at 50 ms drains, 7 %
+at 10 ms.  Each subscriber has an **event budget** (op events/s, default 20 k,
 ``LOOPMON_EVENT_BUDGET``; see ``event_budget``): above it the tick's events are thinned --
 cancels, discards, failures and whole sampled op lifecycles first -- and the count left out
 travels in that subscriber's ``Sample.counters["events_omitted"]`` (with ``event_budget``).
@@ -63,6 +68,7 @@ from .wire import OP_EVENTS_PER_FRAME
 log = logging.getLogger("loopmon.telemetry")
 
 DEFAULT_SAMPLE_PERIOD = 0.05
+DEFAULT_DRAIN_PERIOD = 0.01     # the ring is drained 5 times per sample (hot events: see above)
 DEFAULT_SUBSCRIPTION_MAXLEN = 2000      # messages
 DEFAULT_SUBSCRIPTION_MAX_EVENTS = 100_000   # op events held in OpEvents messages
 OUTSTANDING_CAP = 1000          # ops per Outstanding message (oldest first)
@@ -179,11 +185,17 @@ class Collector:
                  history_seconds: float = 300.0, recent_seconds: float = 60.0,
                  decimate: int = 10, outstanding_every: float = 0.2,
                  detectors: Optional[list] = None, argv: Optional[list[str]] = None,
-                 event_budget: Optional[int] = None) -> None:
+                 event_budget: Optional[int] = None,
+                 drain_period: float = DEFAULT_DRAIN_PERIOD) -> None:
         if sample_period <= 0:
             raise ValueError("sample_period must be positive")
         self.monitor = monitor
         self.sample_period = float(sample_period)
+        # drain (and observe, and select) more often than we sample: see the module docstring
+        self._drains_per_tick = max(1, round(self.sample_period / max(drain_period, 1e-3)))
+        self.drain_period = self.sample_period / self._drains_per_tick
+        self._work_lock = threading.Lock()       # one drainer at a time (thread or tick())
+        self._pending: dict[Optional[EventSampler], list] = {}   # selected since the last tick
         self.argv = list(sys.argv if argv is None else argv)
         # op events/s a subscriber is sent at most (0: unlimited); see event_budget.py
         self.event_budget = budget_from_env() if event_budget is None else max(0, int(event_budget))
@@ -295,16 +307,22 @@ class Collector:
 
     def _run(self) -> None:
         next_t = time.monotonic()
+        drains = 0
         while True:
-            next_t += self.sample_period
+            next_t += self.drain_period
             delay = next_t - time.monotonic()
             if delay < 0:                      # fell behind (GIL starvation): don't burst
                 next_t = time.monotonic()
                 delay = 0
             stopping = self._stop.wait(delay)
             closed = self.monitor.closed
+            drains += 1
             try:
-                self.tick(final=stopping or closed)
+                if stopping or closed or drains % self._drains_per_tick == 0:
+                    self.tick(final=stopping or closed)
+                else:
+                    with self._work_lock:
+                        self._ingest(time.monotonic())
             except Exception as exc:  # pragma: no cover - the thread must survive
                 self.tick_errors += 1
                 log.debug("collector tick failed: %r", exc)
@@ -321,12 +339,37 @@ class Collector:
             sub._offer(Goodbye(reason))
             sub._wake()
 
+    def _ingest(self, now: float) -> None:
+        """Drain the ring; detectors and event budgets see the events while they are hot.
+
+        Called every ``drain_period`` (and by ``tick``), with ``_work_lock`` held.
+        """
+        events = EventBatch(self.monitor.drain())
+        if not events:
+            return
+        self._observe(events)
+        with self._lock:
+            streams = {sub._sampler for sub in self._subs if sub.op_events}
+        pending = self._pending
+        for sampler in streams:
+            selected = sampler.select(events, now) if sampler is not None else events
+            if selected:
+                got = pending.get(sampler)
+                if got is None:
+                    pending[sampler] = got = []
+                got += selected
+        if streams:
+            self.events_forwarded += len(events)
+
     def tick(self, now: Optional[float] = None, final: bool = False) -> None:
         """One sampling period (public so tests and benchmarks can drive it by hand)."""
+        with self._work_lock:
+            self._tick(time.monotonic() if now is None else now, final)
+
+    def _tick(self, now: float, final: bool) -> None:
         mon = self.monitor
-        events = EventBatch(mon.drain())
-        now = time.monotonic() if now is None else now
-        alerts = self._run_detectors(events, now)
+        self._ingest(now)
+        alerts = self._evaluate_detectors(now)
         snap = mon.snapshot()
         if self._figures_due <= now or final:
             # /proc reads cost ~0.1 ms: every PROCESS_FIGURES_EVERY, not every tick
@@ -344,9 +387,9 @@ class Collector:
             in_use = {sub.event_budget for sub in subs if sub.op_events}
             for budget in [b for b in self._samplers if b not in in_use]:
                 del self._samplers[budget]          # stale state must not outlive its users
+        pending, self._pending = self._pending, {}
         if not subs:
             return                                  # nobody to encode or copy anything for
-        self.events_forwarded += len(events)
         tail: list[Any] = []
         if final or self.ticks % self._outstanding_ticks == 0:
             tail.append(self._outstanding_message())
@@ -358,7 +401,7 @@ class Collector:
             sampler = sub._sampler
             msgs = batches.get(sampler) if sub.op_events else ()
             if msgs is None:
-                selected = sampler.select(events, now) if sampler is not None else events
+                selected = pending.get(sampler, ())
                 msgs = batches[sampler] = [OpEvents(selected[i:i + OP_EVENTS_PER_FRAME])
                                            if len(selected) > OP_EVENTS_PER_FRAME
                                            else OpEvents(selected)
@@ -395,7 +438,15 @@ class Collector:
         except Exception:
             return Outstanding(t=time.monotonic(), ops=[])
 
-    def _run_detectors(self, events: list, now: float) -> list[Alert]:
+    def _observe(self, events: EventBatch) -> None:
+        self._load_detectors()
+        for det in self._detectors or ():
+            try:
+                det.observe(events)
+            except Exception as exc:
+                self._note_detector_error(exc)
+
+    def _load_detectors(self) -> None:
         if not self._detectors_loaded:
             self._detectors_loaded = True
             try:
@@ -406,10 +457,12 @@ class Collector:
             except Exception as exc:
                 self._note_detector_error(exc)
                 self._detectors = []
+
+    def _evaluate_detectors(self, now: float) -> list[Alert]:
+        self._load_detectors()
         alerts: list[Alert] = []
         for det in self._detectors or ():
             try:
-                det.observe(events)
                 for alert in det.evaluate(self.monitor, now) or ():
                     if isinstance(alert, Alert):
                         alerts.append(alert)

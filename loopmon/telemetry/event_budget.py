@@ -117,7 +117,7 @@ class EventSampler:
             self._track(batch.group(EV_OP_SUBMIT), batch.group(EV_OP_END))
             return batch
         out = self._thin(batch)
-        self.tokens -= len(out)
+        self.tokens = max(-self.capacity, self.tokens - len(out))
         self.sent_total += len(out)
         self.omitted_total += n - len(out)
         return out
@@ -155,7 +155,7 @@ class EventSampler:
         return changed
 
     def _thin(self, batch: EventBatch) -> list:
-        allowance = max(self.tokens, self.budget * 0.02, 1.0)     # never less than 20 ms' worth
+        allowance = max(self.tokens, 1.0)
         submits = batch.group(EV_OP_SUBMIT)
         inline = batch.group(EV_OP_INLINE)
         ends = batch.group(EV_OP_END)

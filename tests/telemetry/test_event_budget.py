@@ -1,7 +1,7 @@
 """The per-subscriber event budget: thinning keeps what matters, counts what it leaves out.
 
-The collector is driven by hand (``tick(now=...)``) with a long sample period, so its own
-thread never ticks during a test; the monitor is fed as a backend feeds it.
+The collector is driven by hand (``tick(now=...)``) with long sample and drain periods, so
+its own thread never drains during a test; the monitor is fed as a backend feeds it.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def _stream(sub) -> tuple[list[tuple], list[Sample]]:
 
 def test_under_budget_everything_flows_and_nothing_is_omitted():
     m = Monitor()
-    col = Collector(m, sample_period=60.0, event_budget=10_000)
+    col = Collector(m, sample_period=60.0, drain_period=60.0, event_budget=10_000)
     sub = col.subscribe()
     sub.poll()
     carry: list = []
@@ -71,7 +71,7 @@ def test_under_budget_everything_flows_and_nothing_is_omitted():
 def test_over_budget_keeps_rare_events_and_whole_lifecycles_and_counts_the_rest():
     m = Monitor()
     budget = 4_000
-    col = Collector(m, sample_period=60.0, event_budget=budget)
+    col = Collector(m, sample_period=60.0, drain_period=60.0, event_budget=budget)
     sub = col.subscribe()
     sub.poll()
     carry: list = []
@@ -111,7 +111,7 @@ def test_over_budget_keeps_rare_events_and_whole_lifecycles_and_counts_the_rest(
 
 def test_subscribers_share_a_budget_and_may_only_lower_it():
     m = Monitor()
-    col = Collector(m, sample_period=60.0, event_budget=5_000)
+    col = Collector(m, sample_period=60.0, drain_period=60.0, event_budget=5_000)
     a, b = col.subscribe(), col.subscribe()
     low = col.subscribe(event_budget=1_000)
     high = col.subscribe(event_budget=50_000)
@@ -190,7 +190,7 @@ def test_event_batch_groups_and_encoding():
 
 def test_a_subscriber_without_op_events_gets_samples_only():
     m = Monitor()
-    col = Collector(m, sample_period=60.0, event_budget=1_000)
+    col = Collector(m, sample_period=60.0, drain_period=60.0, event_budget=1_000)
     sub = col.subscribe(op_events=False)
     sub.poll()
     carry: list = []
