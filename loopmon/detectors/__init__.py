@@ -1,10 +1,10 @@
 """Detectors: turn the monitor's raw record into alerts a person can act on.
 
 They run inside the monitored process, on the telemetry collector's thread, so every client and
-every recording sees the same alerts.  Each tick the collector calls, for each detector,
-``observe(events)`` with the events it drained from the monitor's ring, then
-``evaluate(monitor, now)``, and appends the returned ``Alert`` messages to ``monitor.alerts``
-and to the stream.  One module per alert kind:
+every recording sees the same alerts.  Every ~10 ms the collector calls, for each detector,
+``observe(events)`` with the events it drained from the monitor's ring; once per sampling period
+it calls ``evaluate(monitor, now)`` and appends the returned ``Alert`` messages to
+``monitor.alerts`` and to the stream.  One module per alert kind:
 
 ========================  ===============================================================
 ``lost-data``             received bytes that will never be delivered (bpo-33694)

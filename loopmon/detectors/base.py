@@ -2,12 +2,19 @@
 
 The interface
 -------------
-The telemetry collector owns the single consumer of ``Monitor.drain()``.  Every tick it hands
-the drained events to each detector's ``observe(events)`` (raw tuples, laid out as in
-``loopmon.monitor.events``) and then calls ``evaluate(monitor, now)`` once, where ``now`` is the
-monitored process's ``time.monotonic()``.  Both run on the collector's thread, never on the
-loop's: a detector may take a millisecond, it may not block.  A detector that needs state
-(op ids seen, a window of samples) keeps it bounded: the program may run for weeks.
+The telemetry collector owns the single consumer of ``Monitor.drain()``.  Every drain (~10 ms)
+it hands the events to each detector's ``observe(events)`` (raw tuples, laid out as in
+``loopmon.monitor.events``; in fact an ``EventBatch``, a list with per-code views), and once per
+sampling period it calls ``evaluate(monitor, now)``, where ``now`` is the monitored process's
+``time.monotonic()``.  Both run on the collector's thread, never on the loop's: a detector may
+take a millisecond, it may not block.  A detector that needs state (op ids seen, a window of
+samples) keeps it bounded: the program may run for weeks.
+
+Cost: that thread shares the GIL with the monitored loop, and ``observe`` sees every event
+(~170 k/s on a busy echo server).  So ``observe`` does no Python work per event: it takes the
+batch's per-code groups (``EventBatch.group``) and filters columns with ``map`` /
+``compress`` / ``dict.update`` (C loops); per-op state is avoided where a counter or the
+monitor's tables (read in ``evaluate``, at most a few times a second) can answer.
 
 Events can be lost (ring overflow, counted in ``events_dropped``), so a detector that can read a
 cumulative counter or a table off the monitor trusts that first and uses events for the
