@@ -115,6 +115,17 @@ class _CountDeliveredMixin:
         if self._lm_backlog:
             self._loop.call_soon(self._lm_drain_backlog)
 
+    def _call_connection_lost(self, exc):
+        # bytes still waiting in the backlog (reading was paused) will never be delivered:
+        # the program gave up on them, which is not data loss by the loop -- count them apart
+        backlog = self._lm_backlog
+        if backlog:
+            mon = self._loop.monitor
+            if mon is not None:
+                mon.abandoned(sum(length for _, length in backlog))
+            backlog.clear()
+        super()._call_connection_lost(exc)
+
     def _lm_drain_backlog(self):
         backlog = self._lm_backlog
         while backlog and not self._paused and not self._closing:

@@ -131,6 +131,7 @@ class Monitor:
         self.bytes_received = 0
         self.bytes_delivered = 0
         self.bytes_discarded = 0
+        self.bytes_abandoned = 0
         self.bytes_sent = 0
         self.buffers_pinned = 0
         self.loop_lag = 0.0
@@ -356,6 +357,17 @@ class Monitor:
         except Exception as exc:  # pragma: no cover - defensive
             self._note_error(exc)
 
+    def abandoned(self, nbytes: int) -> None:
+        """Received bytes a transport still held (paused) when its connection was lost.
+
+        Not a loop bug: the program closed a connection it had paused.  Counted apart so that
+        received == delivered + discarded + abandoned holds, and lost-data does not fire on it.
+        """
+        try:
+            self.bytes_abandoned += nbytes
+        except Exception as exc:  # pragma: no cover - defensive
+            self._note_error(exc)
+
     def discarded(self, nbytes: int, op_id: int = 0) -> None:
         """Received bytes that will never be delivered, outside of an ``op_end``."""
         try:
@@ -434,7 +446,8 @@ class Monitor:
             ops_inline=self.ops_inline, cancel_requests=self.cancel_requests,
             late_completions=self.late_completions,
             bytes_received=self.bytes_received, bytes_delivered=self.bytes_delivered,
-            bytes_discarded=self.bytes_discarded, bytes_sent=self.bytes_sent,
+            bytes_discarded=self.bytes_discarded, bytes_abandoned=self.bytes_abandoned,
+            bytes_sent=self.bytes_sent,
             buffers_live=len(bufs), buffer_bytes_live=sum(b.size for b in bufs),
             loop_lag=self.loop_lag, loop_lag_max=self.loop_lag_max,
             events_dropped=self.events_dropped,

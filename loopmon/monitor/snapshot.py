@@ -31,6 +31,7 @@ class Snapshot:
     bytes_received: int = 0          # from the OS
     bytes_delivered: int = 0         # to a protocol or a sock_* caller
     bytes_discarded: int = 0         # received, and dropped: never deliverable
+    bytes_abandoned: int = 0         # held by a paused transport when its connection was lost
     bytes_sent: int = 0
     buffers_live: int = 0
     buffer_bytes_live: int = 0
