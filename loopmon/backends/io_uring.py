@@ -39,7 +39,16 @@ The traps
   caller; dropping it loses bytes (what pre-fix asyncio did).  So by default the late result
   -- bytes, a datagram, an accepted connection -- is *carried over* (``_CarryOver``) and
   handed to the next receive or accept on the same socket, which then completes inline:
-  a cancelled ``sock_recv``/``sock_accept`` loses nothing, as asyncio promises.  The monitor
+  a cancelled ``sock_recv``/``sock_accept`` loses nothing, as asyncio promises.  The order
+  of the stream depends on one more rule (that of overlapped I/O): while a cancelled
+  receive or accept on an fd still waits for its CQE, a new receive/accept on that fd does
+  not go to the kernel -- it would read the bytes *after* the ones the cancelled op may
+  yet carry, or wait forever for a connection already accepted.  It queues (per fd, FIFO,
+  a pending op in the monitor, no buffer pinned), and when the last such CQE is in the
+  queued ops complete from what it carried, in order, and the rest go to the ring
+  (``_unhold``).  A queued op that is cancelled just ends: the kernel never saw it.  This
+  is no corner case: ``fut.cancel()`` then at once ``sock_recv`` in the same task is what
+  ``asyncio.wait_for`` does on 3.12+ (it no longer runs the awaitable in a task).  The monitor
   shows the late completion (``FLAG_LATE_COMPLETION``) with its bytes, and the carried bytes
   are delivered by the next op; if nobody comes for them (the socket closes, the loop
   closes) they are reported with ``Monitor.discarded``.  The ``cancel-drops-data`` fault
@@ -132,8 +141,10 @@ _ACCEPT_FLAGS = getattr(socket, "SOCK_NONBLOCK", 0) | getattr(socket, "SOCK_CLOE
 
 # user_data values below _FIRST_OP_ID are the backend's own SQEs
 _UD_IGNORE, _UD_EPOLL, _UD_TIMEOUT, _FIRST_OP_ID = 1, 2, 3, 16
-# an op's phase: waiting for its I/O, or (O_NONBLOCK pipe said EAGAIN) for a poll first
-_PHASE_IO, _PHASE_POLL = 0, 1
+# an op's phase: waiting for its I/O, or (O_NONBLOCK pipe said EAGAIN) for a poll first, or
+# not handed to the kernel yet: queued behind a cancelled op on its fd (see _CarryOver)
+_PHASE_IO, _PHASE_POLL, _PHASE_QUEUED = 0, 1, 2
+_CARRY_KINDS = RECEIVE_KINDS | {KIND_ACCEPT}   # the kinds whose late results are carried over
 _INTO = -1               # ``_lm_arg`` of a read into the caller's own memory (a count)
 _BOUNCE_MAX = 1 << 20    # recv_into up to this size reads into a pooled buffer, then copies
 _POOL_PER_SIZE, _POOL_SIZES, _POOL_BYTES = 4, 16, 4 << 20   # bounded: memory first
@@ -421,7 +432,10 @@ class _CarryOver:
     A late receive's bytes (or datagram, or accepted connection) go to the next receive (or
     accept) on that socket, so a cancelled ``sock_recv`` loses nothing, as asyncio promises.
     Keyed by fd, remembering the object: a different object on the same fd number means the
-    old one was closed, and what it carried is dropped (reported as discarded).
+    old one was closed, and what it carried is dropped (reported as discarded).  What is
+    carried is only taken in order if nothing can be carried after it while the next op
+    runs: the proactor holds new receives/accepts back while a cancelled one is in the
+    kernel (``IoUringProactor._held``/``_queued``).
     """
 
     __slots__ = ("by_fd",)
@@ -485,7 +499,7 @@ class _RingOp(asyncio.Future):
 
     __slots__ = ("_lm_backend", "_lm_id", "_lm_kind", "_lm_obj", "_lm_fd", "_lm_sqe",
                  "_lm_addr", "_lm_n", "_lm_arg", "_lm_keep", "_lm_done", "_lm_rec", "_lm_pos",
-                 "_lm_phase", "_lm_nop", "_lm_then")
+                 "_lm_phase", "_lm_nop", "_lm_then", "_lm_held")
 
     def cancel(self, msg: Any = None) -> bool:
         backend = self._lm_backend
@@ -509,6 +523,10 @@ class IoUringProactor:
         # instead of being carried over to the next receive
         self._drop_cancelled_data = FAULT_CANCEL_DROPS_DATA in self.faults
         self._carry = _CarryOver()
+        # fd -> how many cancelled receives/accepts on it still wait for their CQE; while
+        # there are any, new receives/accepts on that fd queue in _queued[fd] (FIFO)
+        self._held: dict[int, int] = {}
+        self._queued: dict[int, deque] = {}
         # a socket send the socket buffer can take at once completes in its submission call
         # (as WSASend often does on IOCP); only what would block becomes an SQE
         self._inline_sends = inline_sends
@@ -539,7 +557,7 @@ class IoUringProactor:
 
     # ------------------------------------------------------------------ receives
     def recv(self, conn: Any, nbytes: int, flags: int = 0) -> asyncio.Future:
-        if self._carry.by_fd and (q := self._carry.take(conn, self.monitor)) is not None:
+        if self._carry.by_fd and (q := self._carried(conn, self.monitor)) is not None:
             return self._from_carry(KIND_RECV, conn, q, nbytes, None)
         if nbytes <= 0:
             return self._fallback.recv(conn, nbytes, flags)
@@ -552,7 +570,7 @@ class IoUringProactor:
 
     def recv_unrecorded(self, conn: _socket, nbytes: int) -> asyncio.Future:
         """``recv`` for the loop's own fds (the self-pipe): never shows in the monitor."""
-        if self._carry.by_fd and (q := self._carry.take(conn, None)) is not None:
+        if self._carry.by_fd and (q := self._carried(conn, None)) is not None:
             fut = self._loop.create_future()
             fut.set_result(q.popleft())
             self._carry.done_with(conn, q)
@@ -570,7 +588,7 @@ class IoUringProactor:
         The transports' read loop (``transports._ContinuedReadMixin``) passes one persistent
         handle instead of adding a done callback to every receive future.
         """
-        if self._carry.by_fd and (q := self._carry.take(conn, self.monitor)) is not None:
+        if self._carry.by_fd and (q := self._carried(conn, self.monitor)) is not None:
             fut = self._from_carry(KIND_RECV_INTO, conn, q, _nbytes(buf), buf)
             if then is not None:
                 self._loop._add_callback(then)
@@ -604,7 +622,7 @@ class IoUringProactor:
         return op
 
     def recvfrom(self, conn: _socket, nbytes: int, flags: int = 0) -> asyncio.Future:
-        if self._carry.by_fd and (q := self._carry.take(conn, self.monitor)) is not None:
+        if self._carry.by_fd and (q := self._carried(conn, self.monitor)) is not None:
             return self._from_carry(KIND_RECVFROM, conn, q, nbytes, None)
         if conn.family not in (socket.AF_INET, socket.AF_INET6) or nbytes <= 0:
             return self._fallback.recvfrom(conn, nbytes, flags)
@@ -616,7 +634,7 @@ class IoUringProactor:
                       flags: int = 0) -> asyncio.Future:
         size = _nbytes(buf)
         nbytes = min(nbytes or size, size)
-        if self._carry.by_fd and (q := self._carry.take(conn, self.monitor)) is not None:
+        if self._carry.by_fd and (q := self._carried(conn, self.monitor)) is not None:
             return self._from_carry(KIND_RECVFROM_INTO, conn, q, nbytes, buf)
         if conn.family not in (socket.AF_INET, socket.AF_INET6) or nbytes <= 0:
             return self._fallback.recvfrom_into(conn, buf, nbytes, flags)
@@ -703,7 +721,7 @@ class IoUringProactor:
 
     # ------------------------------------------------------------------ connections
     def accept(self, listener: _socket) -> asyncio.Future:
-        if self._carry.by_fd and (q := self._carry.take(listener, self.monitor)) is not None:
+        if self._carry.by_fd and (q := self._carried(listener, self.monitor)) is not None:
             return self._from_carry(KIND_ACCEPT, listener, q, 0, None)
         return self._submit(KIND_ACCEPT, listener, _OP_ACCEPT, 0, 0, 0, _ACCEPT_FLAGS, None,
                             self.monitor)
@@ -721,13 +739,44 @@ class IoUringProactor:
 
     def _stop_serving(self, obj: Any) -> None:
         """A listening socket is about to be closed: cancel its ops (now, in the kernel too)."""
+        fd = _fileno_or_none(obj)
+        for op in list(self._queued.get(fd, ())) if fd is not None else ():
+            if op._lm_obj is obj:
+                op.cancel()
         for op in list(self._inflight.values()):
             if op._lm_obj is obj and not op.done():
                 op.cancel()
-        fd = _fileno_or_none(obj)
         if fd is not None and fd in self._carry.by_fd:
             self._carry.drop(fd, self.monitor)
         self._fallback._stop_serving(obj)
+
+    def _carried(self, conn: Any, mon: Any) -> Optional[deque]:
+        """The carried results for ``conn`` -- or None while a cancelled receive/accept on
+        its fd is still in the kernel: its result may come yet, and it comes first, so the
+        new op queues behind it (``_submit``) instead of taking what is carried now."""
+        if self._held and _fileno_or_none(conn) in self._held:
+            return None
+        return self._carry.take(conn, mon)
+
+    def _take_carried(self, kind: int, q: deque, nbytes: int) -> tuple:
+        """``(data or accepted item, peer)``: the next carried result for an op of ``kind``
+        wanting up to ``nbytes`` -- popped from ``q``, or cut (a stream keeps the rest)."""
+        item = q[0]
+        if kind == KIND_ACCEPT:
+            q.popleft()
+            return item, None
+        data, peer = item if type(item) is tuple else (item, None)
+        if kind == KIND_RECVFROM or kind == KIND_RECVFROM_INTO or type(item) is tuple:
+            q.popleft()                         # a datagram: one per receive, cut to fit
+            if len(data) > nbytes and self.monitor is not None:
+                self.monitor.discarded(len(data) - nbytes)
+            data = data[:nbytes]
+        elif len(data) > nbytes:
+            q[0] = data[nbytes:]
+            data = data[:nbytes]
+        else:
+            q.popleft()
+        return data, peer
 
     def _from_carry(self, kind: int, conn: Any, q: deque, nbytes: int,
                     buf: Any) -> asyncio.Future:
@@ -736,22 +785,10 @@ class IoUringProactor:
         Its bytes were counted as received when the late completion arrived; this op
         records 0 so they are not counted twice (the caller counts them delivered).
         """
-        item = q[0]
+        data, peer = self._take_carried(kind, q, nbytes)
         if kind == KIND_ACCEPT:
-            q.popleft()
-            result = item
+            result = data
         else:
-            data, peer = item if type(item) is tuple else (item, None)
-            if kind == KIND_RECVFROM or kind == KIND_RECVFROM_INTO or type(item) is tuple:
-                q.popleft()                     # a datagram: one per receive, cut to fit
-                if len(data) > nbytes and self.monitor is not None:
-                    self.monitor.discarded(len(data) - nbytes)
-                data = data[:nbytes]
-            elif len(data) > nbytes:
-                q[0] = data[nbytes:]
-                data = data[:nbytes]
-            else:
-                q.popleft()
             if buf is not None:
                 memoryview(buf).cast("B")[:len(data)] = data
                 data = len(data)
@@ -788,10 +825,16 @@ class IoUringProactor:
         uid = self._next_id
         self._next_id = uid + 1
         sqe = (opcode, addr, 1 if opcode in (_OP_RECVMSG, _OP_SENDMSG) else n, off, op_flags)
-        try:
-            pos = self._ring.push(opcode, fd, addr + done, sqe[2] - done, off, op_flags, uid)
-        except OSError as exc:
-            return self._fallback._failed_inline(kind, obj, n, exc)
+        held = self._held
+        if held and fd in held and kind in _CARRY_KINDS:
+            pos, phase = -1, _PHASE_QUEUED      # behind a cancelled op still in the kernel
+        else:
+            try:
+                pos = self._ring.push(opcode, fd, addr + done, sqe[2] - done, off, op_flags,
+                                      uid)
+            except OSError as exc:
+                return self._fallback._failed_inline(kind, obj, n, exc)
+            phase = _PHASE_IO
         op = _RingOp(loop=self._loop)
         op._lm_backend = self
         op._lm_id = uid
@@ -805,9 +848,17 @@ class IoUringProactor:
         op._lm_keep = keep
         op._lm_done = done
         op._lm_pos = pos
-        op._lm_phase = _PHASE_IO
+        op._lm_phase = phase
         op._lm_nop = False
         op._lm_then = None
+        op._lm_held = False
+        if phase == _PHASE_QUEUED:              # pending, but the kernel has no buffer yet
+            op._lm_rec = mon.op_start(kind, fd, n) if mon is not None else None
+            q = self._queued.get(fd)
+            if q is None:
+                q = self._queued[fd] = deque()
+            q.append(op)
+            return op
         if mon is not None:
             op._lm_rec = (mon.op_start_pinned(kind, fd, n, n - done) if keep is not None and n
                           else mon.op_start(kind, fd, n))
@@ -842,6 +893,9 @@ class IoUringProactor:
 
     def _request_cancel(self, op: _RingOp) -> None:
         """``_RingOp.cancel()``: ask the kernel to stop; the op ends with its own CQE."""
+        if op._lm_phase == _PHASE_QUEUED:       # the kernel never saw it: it ends right here
+            self._unqueue(op)
+            return
         rec = op._lm_rec
         if rec is not None:
             self.monitor.op_cancel(rec)
@@ -850,11 +904,101 @@ class IoUringProactor:
             ring.make_nop(op._lm_pos)           # never reached the kernel: nothing can happen
             op._lm_nop = True
             return
+        if op._lm_kind in _CARRY_KINDS:         # its result may yet be carried: hold the fd
+            op._lm_held = True
+            fd = op._lm_fd
+            self._held[fd] = self._held.get(fd, 0) + 1
         try:
             ring.push(_OP_ASYNC_CANCEL, -1, op._lm_id, 0, 0, 0, _UD_IGNORE)
             ring.enter(0, 0)                    # now: the kernel holds the file until then
         except OSError:
             pass                                # the op's own CQE still ends it
+
+    def _unqueue(self, op: _RingOp) -> None:
+        """A queued op is cancelled: it never reached the kernel, so it just ends."""
+        fd = op._lm_fd
+        q = self._queued.get(fd)
+        if q is not None:
+            try:
+                q.remove(op)
+            except ValueError:
+                pass
+            if not q:
+                del self._queued[fd]
+        op._lm_backend = None
+        self._unpin(op)
+        rec = op._lm_rec
+        if rec is not None:
+            mon = self.monitor
+            mon.op_cancel(rec)
+            mon.op_end(rec, OUTCOME_CANCELLED, 0, "",
+                       FLAG_DRAINED_AT_CLOSE if op._lm_id in self._closing_ids else 0)
+
+    def _unhold(self, fd: int) -> None:
+        """A cancelled receive/accept on ``fd`` has its CQE: once it was the last one, the
+        ops queued behind it go -- from what it carried, in order, then to the ring."""
+        left = self._held[fd] - 1
+        if left:
+            self._held[fd] = left
+            return
+        del self._held[fd]
+        queued = self._queued.pop(fd, None)
+        mon = self.monitor
+        while queued:
+            op = queued.popleft()
+            obj = op._lm_obj
+            if _fileno_or_none(obj) != fd:      # closed while it waited (the fd may be reused)
+                self._end_failed(op, OSError(errno.EBADF, os.strerror(errno.EBADF)))
+                continue
+            q = self._carry.take(obj, mon) if self._carry.by_fd else None
+            if q is not None:
+                self._complete_from_carry(op, q)
+                continue
+            opcode, addr, length, off, op_flags = op._lm_sqe
+            done = op._lm_done
+            try:
+                op._lm_pos = self._ring.push(opcode, fd, addr + done, length - done, off,
+                                             op_flags, op._lm_id)
+            except OSError as exc:
+                self._end_failed(op, exc)
+                continue
+            op._lm_phase = _PHASE_IO
+            self._inflight[op._lm_id] = op
+            rec = op._lm_rec
+            if rec is not None and op._lm_keep is not None and op._lm_n:
+                mon.buffer_pin(rec, op._lm_n - done)    # now the kernel has it
+
+    def _complete_from_carry(self, op: _RingOp, q: deque) -> None:
+        """A queued op completes with a carried result (``_from_carry`` for a pending op)."""
+        kind = op._lm_kind
+        dest = op._lm_arg
+        data, peer = self._take_carried(kind, q, op._lm_n)
+        self._carry.done_with(op._lm_obj, q)
+        if kind == KIND_ACCEPT or kind == KIND_RECV or (kind == KIND_READ_PIPE and dest is None):
+            result = data
+        elif kind == KIND_RECVFROM:
+            result = (data, peer)
+        else:                                   # into the caller's buffer
+            n = len(data)
+            try:
+                if kind == KIND_RECVFROM_INTO or dest is _INTO:
+                    ctypes.memmove(op._lm_addr, data, n)    # the caller's memory, pinned
+                else:
+                    memoryview(dest).cast("B")[:n] = data
+            except (TypeError, ValueError, BufferError) as exc:
+                if self.monitor is not None:
+                    self.monitor.discarded(n)
+                self._end_failed(op, exc)
+                return
+            result = (n, peer) if kind == KIND_RECVFROM_INTO else n
+        op._lm_backend = None
+        self._unpin(op)
+        op.set_result(result)
+        if op._lm_then is not None:
+            self._loop._add_callback(op._lm_then)
+        rec = op._lm_rec
+        if rec is not None:                     # counted received by the late completion
+            self.monitor.op_end(rec, OUTCOME_COMPLETED, 0)
 
     # ------------------------------------------------------------------ the completion pass
     def select(self, timeout: Optional[float] = None) -> tuple:
@@ -918,6 +1062,8 @@ class IoUringProactor:
         if op.done():                           # cancelled: this CQE is the kernel's answer
             del self._inflight[uid]
             self._end_cancelled(op, res)
+            if op._lm_held:                     # the ops queued behind it may go now
+                self._unhold(op._lm_fd)
             return
         if res < 0:
             del self._inflight[uid]
@@ -1081,6 +1227,10 @@ class IoUringProactor:
         if self._closed:
             return
         self._closed = True
+        for q in list(self._queued.values()):  # queued ops never reached the kernel
+            for op in list(q):
+                self._closing_ids.add(op._lm_id)
+                op.cancel()
         for op in list(self._inflight.values()):
             if not op.done():
                 op.cancel()

@@ -445,6 +445,77 @@ def test_cancelled_accept_that_completes_hands_the_connection_on(uloop):
     run(uloop, main())
 
 
+def test_recv_right_after_a_cancelled_recv_keeps_the_stream_in_order(uloop):
+    """Cancel a receive whose bytes have arrived, and receive again at once, in the same task.
+
+    (What ``asyncio.wait_for`` does on 3.12+.)  The cancelled op's CQE is not reaped yet; if
+    the new receive went straight to the kernel it would read the *later* bytes while the
+    earlier ones wait in the carry-over: the stream would come out reordered.  It queues
+    behind the cancelled op instead, and gets the carried bytes first.
+    """
+    async def main():
+        loop = asyncio.get_running_loop()
+        mon = loop.monitor
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        sent = bytearray()
+        got = bytearray()
+        for i in range(40):
+            first, then = b"<%d:first>" % i, b"<%d:then>" % i
+            fut = loop._proactor.recv(a, 4096)
+            await asyncio.sleep(0.005)             # in the kernel, nothing to read yet
+            b.send(first)
+            sent += first
+            time.sleep(0.002)                      # the kernel completes the recv...
+            fut.cancel()                           # ...before the cancel gets there
+            b.send(then)                           # later bytes, already in the socket
+            sent += then
+            got += await loop.sock_recv(a, 4096)   # no yield between the cancel and this
+            while len(got) < len(sent):
+                got += await asyncio.wait_for(loop.sock_recv(a, 4096), 5)
+            assert bytes(got) == bytes(sent), f"round {i}: stream reordered"
+        await asyncio.sleep(0.01)
+        snap = mon.snapshot()
+        assert snap.bytes_discarded == 0
+        assert snap.bytes_received == snap.bytes_delivered == len(sent)
+        a.close()
+        b.close()
+        return snap
+    snap = run(uloop, main())
+    print(f"\nrecv right after a cancel: {snap.late_completions} late completions carried")
+
+
+def test_a_queued_recv_cancelled_before_submission_just_ends(uloop):
+    async def main():
+        loop = asyncio.get_running_loop()
+        mon = loop.monitor
+        proactor = loop._proactor
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        fut = proactor.recv(a, 4096)
+        await asyncio.sleep(0.01)                  # in the kernel
+        fut.cancel()                               # its CQE has not been reaped yet
+        mon.drain()
+        queued = proactor.recv(a, 4096)            # queued behind the cancelled op
+        assert not queued.done() and a.fileno() in proactor._queued
+        assert all(o is not queued for o in proactor._inflight.values())
+        ops = {o.kind for o in mon.outstanding()}
+        assert ops == {"recv"} and len(mon.outstanding()) == 2
+        queued.cancel()                            # never reached the kernel: ends now
+        assert queued.cancelled() and a.fileno() not in proactor._queued
+        events = mon.drain()
+        [end] = [ev for ev in events if ev[1] == EV_OP_END]
+        assert end[4] == OUTCOME_CANCELLED
+        assert not any(ev[1] == EV_BUF_PIN for ev in events)
+        b.send(b"still there")
+        assert await loop.sock_recv(a, 100) == b"still there"
+        assert not proactor._held and not proactor._queued
+        a.close()
+        b.close()
+    run(uloop, main())
+
+
 def test_close_with_ops_in_flight(uloop):
     async def main():
         loop = asyncio.get_running_loop()
