@@ -3,8 +3,9 @@
 Each test runs on ``loopmon.new_event_loop(backend="io_uring")`` and is skipped, with the
 reason, where io_uring cannot be set up (old kernel, seccomp, sysctl).  The cancel tests look
 at what the kernel really did: a cancelled op stays in flight with its buffer pinned until
-its own completion, and a completion that carries bytes after the cancel is reported as
-discarded -- so ``bytes_received == bytes_delivered + bytes_discarded`` always holds.
+its own completion; a completion that carries bytes after the cancel hands them to the next
+receive on the socket, in stream order (with the ``cancel-drops-data`` fault: reported as
+discarded) -- so ``bytes_received == bytes_delivered + bytes_discarded`` always holds.
 """
 from __future__ import annotations
 
