@@ -118,6 +118,7 @@ from ..monitor.events import (
     OUTCOME_CANCELLED, OUTCOME_COMPLETED, OUTCOME_FAILED, RECEIVE_KINDS,
 )
 from .base import FAULT_CANCEL_DROPS_DATA, FAULT_SEND_KEEPS_BUFFER, check_faults
+from .common import CancelRequestFuture
 from .selector import SelectorProactor, _fileno_or_none
 
 # --- kernel ABI (include/uapi/linux/io_uring.h) ---------------------------------------------
@@ -490,23 +491,16 @@ class _CarryOver:
 
 
 # --- ops ---------------------------------------------------------------------------------------
-class _RingOp(asyncio.Future):
+class _RingOp(CancelRequestFuture):
     """A submitted op *is* its future; its state lives in these slots until its CQE.
 
     ``cancel()`` is a request to the kernel (see the module docstring): the future is
     cancelled at once, the op stays in flight -- buffer pinned -- until its completion.
     """
 
-    __slots__ = ("_lm_backend", "_lm_id", "_lm_kind", "_lm_obj", "_lm_fd", "_lm_sqe",
+    __slots__ = ("_lm_id", "_lm_kind", "_lm_obj", "_lm_fd", "_lm_sqe",
                  "_lm_addr", "_lm_n", "_lm_arg", "_lm_keep", "_lm_done", "_lm_rec", "_lm_pos",
-                 "_lm_phase", "_lm_nop", "_lm_then", "_lm_held")
-
-    def cancel(self, msg: Any = None) -> bool:
-        backend = self._lm_backend
-        if backend is not None and not self.done():
-            self._lm_backend = None
-            backend._request_cancel(self)
-        return super().cancel(msg)
+                 "_lm_phase", "_lm_nop", "_lm_then", "_lm_held")   # + _lm_backend (base class)
 
 
 class IoUringProactor:

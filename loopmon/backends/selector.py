@@ -72,6 +72,7 @@ from ..monitor.events import (
     KIND_RECVFROM, KIND_RECVFROM_INTO, KIND_SEND, KIND_SENDFILE, KIND_SENDTO, KIND_WAIT,
     KIND_WRITE_PIPE, OUTCOME_CANCELLED, OUTCOME_COMPLETED, OUTCOME_FAILED, RECEIVE_KINDS,
 )
+from .common import CancelRequestFuture
 from .faults import FaultEmulationMixin
 from .fdtable import _READ, _WRITE, FdTableMixin, FdWaiters, _fd_or_minus_one, _fileno_or_none
 _socket = socket.socket
@@ -81,22 +82,15 @@ _NOT_EPOLLIN = ~getattr(_select_mod, "EPOLLIN", 0)      # what selectors maps to
 _NOT_EPOLLOUT = ~getattr(_select_mod, "EPOLLOUT", 0)    # ... and to EVENT_READ
 
 
-class _PendingOp(asyncio.Future):
+class _PendingOp(CancelRequestFuture):
     """A pending op *is* its future: the backend's per-op state lives in these slots.
 
     ``cancel()`` is a request to the backend (see the module docstring); the future itself
     is cancelled at once, the op ends on the next ``select()`` pass.
     """
 
-    __slots__ = ("_lm_backend", "_lm_kind", "_lm_obj", "_lm_fd", "_lm_buf", "_lm_n",
-                 "_lm_arg", "_lm_done", "_lm_rec", "_lm_cont")
-
-    def cancel(self, msg: Any = None) -> bool:
-        backend = self._lm_backend
-        if backend is not None and not self.done():
-            self._lm_backend = None
-            backend._request_cancel(self)
-        return super().cancel(msg)
+    __slots__ = ("_lm_kind", "_lm_obj", "_lm_fd", "_lm_buf", "_lm_n",
+                 "_lm_arg", "_lm_done", "_lm_rec", "_lm_cont")   # + _lm_backend (base class)
 
 
 class SelectorProactor(FaultEmulationMixin, FdTableMixin):
