@@ -29,6 +29,7 @@ is a bounded ``deque``; when nobody drains it the oldest events fall off, and th
 from __future__ import annotations
 
 import time
+from itertools import repeat, starmap
 from collections import deque
 from typing import Optional
 
@@ -413,13 +414,19 @@ class Monitor:
 
         Events lost to ring overflow are added to ``events_dropped``.
         """
-        out: list[tuple] = []
-        popleft = self._ring.popleft
+        ring = self._ring
+        popleft = ring.popleft
         try:
-            for _ in range(max_items):
-                out.append(popleft())
-        except IndexError:
-            pass
+            # one C-level loop (no Python per event): only this consumer pops, and the loop
+            # thread only appends, so the ring holds at least this many events
+            out: list[tuple] = list(starmap(popleft, repeat((), min(len(ring), max_items))))
+        except IndexError:  # pragma: no cover - the ring overflowed mid-drain: keep what we got
+            out = []
+            try:
+                for _ in range(max_items):
+                    out.append(popleft())
+            except IndexError:
+                pass
         if out:
             first, last = out[0][0], out[-1][0]
             gap = (first - self._next_seq) + (last - first + 1 - len(out))

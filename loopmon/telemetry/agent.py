@@ -323,17 +323,24 @@ class Agent:
         eof = asyncio.ensure_future(self._watch_eof(reader))
         sub: Optional[Subscription] = None
         try:
-            sub = self._subscribe()
+            sub = self._subscribe(hello)
             writer.write(self._encode(sub.hello))
-            await self._pump(sub, writer, eof, hello.op_events)
+            await self._pump(sub, writer, eof, hello)
         finally:
             eof.cancel()
             if sub is not None:
                 sub.close()
                 self._subs.discard(sub)
 
-    def _subscribe(self) -> Subscription:
-        sub = self.collector.subscribe()
+    def _subscribe(self, hello: Optional[Any] = None) -> Subscription:
+        """Subscribe to the current collector with what the client's hello asked for (no
+        OpEvents at all, or a lower event budget), so the collector selects nothing it
+        would only have to throw away."""
+        if hello is None:
+            sub = self.collector.subscribe()
+        else:
+            sub = self.collector.subscribe(event_budget=hello.event_budget or None,
+                                           op_events=hello.op_events)
         wake = asyncio.Event()
         loop = self._loop
 
@@ -346,7 +353,8 @@ class Agent:
         return sub
 
     async def _pump(self, sub: Subscription, writer: asyncio.StreamWriter,
-                    eof: asyncio.Future, op_events: bool = True) -> None:
+                    eof: asyncio.Future, hello: Any) -> None:
+        op_events = hello.op_events
         while True:
             wake = sub.wake_event      # type: ignore[attr-defined]
             waiter = asyncio.ensure_future(wake.wait())
@@ -359,7 +367,7 @@ class Agent:
                     and sub._collector is not self.collector):
                 sub.close()                              # a new loop: follow it
                 self._subs.discard(sub)
-                sub = self._subscribe()
+                sub = self._subscribe(hello)
                 continue
             for msg in sub.poll():
                 if isinstance(msg, Goodbye):
