@@ -10,6 +10,7 @@ import socket
 import sys
 
 import pytest
+from semantics_helpers import connected_pair
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -190,15 +191,7 @@ def test_socket_handed_from_sock_calls_to_a_transport_and_back(aloop, arun):
     whatever the loop registered for the sock_* ops must not interfere with the transport."""
     async def main():
         loop = asyncio.get_running_loop()
-        lsock = socket.socket()
-        lsock.bind(("127.0.0.1", 0))
-        lsock.listen(1)
-        lsock.setblocking(False)
-        c = socket.socket()
-        c.setblocking(False)
-        acc = asyncio.ensure_future(loop.sock_accept(lsock))
-        await loop.sock_connect(c, lsock.getsockname())
-        s, _ = await acc
+        c, s = await connected_pair()
         # phase 1: sock_* on both ends, including a receive cancelled while pending
         pending = asyncio.ensure_future(loop.sock_recv(c, 10))
         await asyncio.sleep(0)
@@ -233,5 +226,4 @@ def test_socket_handed_from_sock_calls_to_a_transport_and_back(aloop, arun):
         assert bytes(received) == payload
         tr.close()
         s.close()
-        lsock.close()
     arun(main())

@@ -11,24 +11,14 @@ import socket
 import sys
 
 import pytest
+from semantics_helpers import echo_until_eof
 
 pytestmark = pytest.mark.timeout(120)
 
 
-async def _echo(reader, writer):
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()
-
-
 def test_connections_outlive_server_close(aloop, arun):
     async def main():
-        server = await asyncio.start_server(_echo, "127.0.0.1", 0)
+        server = await asyncio.start_server(echo_until_eof, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"before")
@@ -47,7 +37,7 @@ def test_connections_outlive_server_close(aloop, arun):
 @pytest.mark.parametrize("how", ["close_clients", "abort_clients"])
 def test_server_close_or_abort_clients(aloop, arun, how):
     async def main():
-        server = await asyncio.start_server(_echo, "127.0.0.1", 0)
+        server = await asyncio.start_server(echo_until_eof, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
         for r, w in conns:
@@ -70,7 +60,7 @@ def test_happy_eyeballs_skips_a_refused_address(aloop, arun, refused_port):
     with the losing attempts' sockets and ops cleaned up."""
     async def main():
         loop = asyncio.get_running_loop()
-        server = await asyncio.start_server(_echo, "127.0.0.1", 0)
+        server = await asyncio.start_server(echo_until_eof, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         real_getaddrinfo = loop.getaddrinfo
 
@@ -99,7 +89,7 @@ def test_happy_eyeballs_skips_a_refused_address(aloop, arun, refused_port):
 
 def test_open_connection_with_local_addr(aloop, arun):
     async def main():
-        server = await asyncio.start_server(_echo, "127.0.0.1", 0)
+        server = await asyncio.start_server(echo_until_eof, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port,
                                                        local_addr=("127.0.0.1", 0))
@@ -162,7 +152,7 @@ def test_debug_mode_workload_is_silent(aloop, arun, tmp_path):
 
     async def main():
         loop = asyncio.get_running_loop()
-        server = await asyncio.start_server(_echo, "127.0.0.1", 0)
+        server = await asyncio.start_server(echo_until_eof, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         r, w = await asyncio.open_connection("127.0.0.1", port)
         w.write(b"debug" * 10000)
@@ -173,7 +163,7 @@ def test_debug_mode_workload_is_silent(aloop, arun, tmp_path):
         await server.wait_closed()
 
         path = str(tmp_path / "d.sock")
-        userver = await asyncio.start_unix_server(_echo, path)
+        userver = await asyncio.start_unix_server(echo_until_eof, path)
         r, w = await asyncio.open_unix_connection(path)
         w.write(b"unix")
         assert await r.readexactly(4) == b"unix"

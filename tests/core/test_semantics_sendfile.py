@@ -8,6 +8,7 @@ import os
 import socket
 
 import pytest
+from semantics_helpers import connected_pair
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -95,21 +96,6 @@ def test_loop_sendfile_on_closing_transport(aloop, arun, blob_file):
     arun(main())
 
 
-async def _pair():
-    loop = asyncio.get_running_loop()
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(1)
-    lsock.setblocking(False)
-    c = socket.socket()
-    c.setblocking(False)
-    acc = asyncio.ensure_future(loop.sock_accept(lsock))
-    await loop.sock_connect(c, lsock.getsockname())
-    conn, _ = await acc
-    lsock.close()
-    return c, conn
-
-
 async def _recv_all(loop, sock):
     out = bytearray()
     while True:
@@ -125,7 +111,7 @@ def test_sock_sendfile(aloop, arun, blob_file, offset, count):
 
     async def main():
         loop = asyncio.get_running_loop()
-        c, conn = await _pair()
+        c, conn = await connected_pair()
         rx = asyncio.ensure_future(_recv_all(loop, conn))
         with open(path, "rb") as f:
             sent = await loop.sock_sendfile(c, f, offset, count)
@@ -146,7 +132,7 @@ def test_sock_sendfile_bad_arguments(aloop, arun, blob_file, tmp_path):
 
     async def main():
         loop = asyncio.get_running_loop()
-        c, conn = await _pair()
+        c, conn = await connected_pair()
         with open(blob_file[0], "rb") as f:
             with pytest.raises(ValueError):
                 await loop.sock_sendfile(c, f, -1)
@@ -172,7 +158,7 @@ def test_sock_sendfile_bad_arguments(aloop, arun, blob_file, tmp_path):
 def test_sock_sendfile_to_reset_peer(aloop, arun, blob_file):
     async def main():
         loop = asyncio.get_running_loop()
-        c, conn = await _pair()
+        c, conn = await connected_pair()
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         conn.close()
         with open(blob_file[0], "rb") as f:

@@ -8,25 +8,15 @@ import socket
 import sys
 
 import pytest
+from semantics_helpers import echo_until_eof
 
 pytestmark = pytest.mark.timeout(120)
-
-
-async def _echo(reader, writer):
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()
 
 
 def test_server_close_with_no_connection_ever(aloop, arun, quiescent):
     """The listening socket's accept op is in flight when the server closes."""
     async def main():
-        server = await asyncio.start_server(_echo, "127.0.0.1", 0)
+        server = await asyncio.start_server(echo_until_eof, "127.0.0.1", 0)
         assert server.is_serving()
         for _ in range(5):
             await asyncio.sleep(0)
@@ -73,7 +63,7 @@ def test_server_close_with_connections_pending_in_backlog(aloop, arun, quiescent
 
 def test_serve_forever_cancel_closes_server(aloop, arun, quiescent):
     async def main():
-        server = await asyncio.start_server(_echo, "127.0.0.1", 0, start_serving=False)
+        server = await asyncio.start_server(echo_until_eof, "127.0.0.1", 0, start_serving=False)
         port = server.sockets[0].getsockname()[1]
         task = asyncio.ensure_future(server.serve_forever())
         await asyncio.sleep(0)
@@ -96,7 +86,7 @@ def test_serve_forever_cancel_closes_server(aloop, arun, quiescent):
 
 def test_start_serving_false(aloop, arun):
     async def main():
-        server = await asyncio.start_server(_echo, "127.0.0.1", 0, start_serving=False)
+        server = await asyncio.start_server(echo_until_eof, "127.0.0.1", 0, start_serving=False)
         port = server.sockets[0].getsockname()[1]
         assert not server.is_serving()
         with pytest.raises(ConnectionRefusedError):     # not even listening yet
@@ -116,7 +106,7 @@ def test_start_serving_false(aloop, arun):
 
 def test_async_with_server_and_get_loop(aloop, arun):
     async def main():
-        server = await asyncio.start_server(_echo, "127.0.0.1", 0)
+        server = await asyncio.start_server(echo_until_eof, "127.0.0.1", 0)
         assert server.get_loop() is asyncio.get_running_loop()
         async with server:
             port = server.sockets[0].getsockname()[1]
@@ -151,10 +141,10 @@ def test_server_on_existing_socket_and_reuse_port(aloop, arun):
 
 def test_address_in_use(aloop, arun):
     async def main():
-        server = await asyncio.start_server(_echo, "127.0.0.1", 0)
+        server = await asyncio.start_server(echo_until_eof, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         with pytest.raises(OSError):
-            await asyncio.start_server(_echo, "127.0.0.1", port, reuse_address=False)
+            await asyncio.start_server(echo_until_eof, "127.0.0.1", port, reuse_address=False)
         server.close()
         await server.wait_closed()
     arun(main())
@@ -195,7 +185,7 @@ def test_unix_stream_echo(aloop, arun, tmp_path, quiescent):
     path = str(tmp_path / "echo.sock")
 
     async def main():
-        server = await asyncio.start_unix_server(_echo, path)
+        server = await asyncio.start_unix_server(echo_until_eof, path)
         assert os.path.exists(path)
         assert server.sockets[0].family == socket.AF_UNIX
         reader, writer = await asyncio.open_unix_connection(path)
@@ -253,7 +243,7 @@ def test_unix_server_replaces_stale_socket_file(aloop, arun, tmp_path):
     assert os.path.exists(path)
 
     async def main():
-        server = await asyncio.start_unix_server(_echo, path)
+        server = await asyncio.start_unix_server(echo_until_eof, path)
         r, w = await asyncio.open_unix_connection(path)
         w.write(b"fresh")
         assert await r.readexactly(5) == b"fresh"
@@ -272,7 +262,7 @@ def test_unix_server_refuses_to_clobber_a_regular_file(aloop, arun, tmp_path):
 
     async def main():
         with pytest.raises(OSError):
-            await asyncio.start_unix_server(_echo, str(path))
+            await asyncio.start_unix_server(echo_until_eof, str(path))
     arun(main())
     assert path.read_text() == "precious"
 
@@ -288,7 +278,7 @@ def test_unix_server_start_serving_false_and_serve_forever(aloop, arun, tmp_path
     path = str(tmp_path / "sf.sock")
 
     async def main():
-        server = await asyncio.start_unix_server(_echo, path, start_serving=False)
+        server = await asyncio.start_unix_server(echo_until_eof, path, start_serving=False)
         assert not server.is_serving()
         task = asyncio.ensure_future(server.serve_forever())
         await asyncio.sleep(0)                       # let serve_forever start serving
@@ -312,7 +302,7 @@ def test_unix_paths_as_pathlike_and_abstract_namespace(aloop, arun, tmp_path):
     abstract = "\0loopmon-test-%d-%d" % (os.getpid(), id(tmp_path))
 
     async def main():
-        server = await asyncio.start_unix_server(_echo, path)
+        server = await asyncio.start_unix_server(echo_until_eof, path)
         r, w = await asyncio.open_unix_connection(path)
         w.write(b"pathlike")
         assert await r.readexactly(8) == b"pathlike"
@@ -321,7 +311,7 @@ def test_unix_paths_as_pathlike_and_abstract_namespace(aloop, arun, tmp_path):
         server.close()
         await server.wait_closed()
         if sys.platform.startswith("linux"):
-            server = await asyncio.start_unix_server(_echo, abstract)
+            server = await asyncio.start_unix_server(echo_until_eof, abstract)
             r, w = await asyncio.open_unix_connection(abstract)
             w.write(b"abstract")
             assert await r.readexactly(8) == b"abstract"

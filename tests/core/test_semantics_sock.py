@@ -14,6 +14,7 @@ import ssl
 import sys
 
 import pytest
+from semantics_helpers import connected_pair, listener, udp_pair
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -21,32 +22,10 @@ needs_311 = pytest.mark.skipif(sys.version_info < (3, 11),
                                reason="sock_recvfrom/sock_recvfrom_into/sock_sendto are 3.11+")
 
 
-def _listener() -> socket.socket:
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(50)
-    lsock.setblocking(False)
-    return lsock
-
-
-async def _connected_pair() -> tuple[socket.socket, socket.socket]:
-    """(client, server-side conn), both non-blocking, connected through the loop."""
-    loop = asyncio.get_running_loop()
-    lsock = _listener()
-    client = socket.socket()
-    client.setblocking(False)
-    accept = asyncio.ensure_future(loop.sock_accept(lsock))
-    await loop.sock_connect(client, lsock.getsockname())
-    conn, addr = await accept
-    assert addr == client.getsockname()
-    lsock.close()
-    return client, conn
-
-
 def test_connect_accept_sendall_recv(aloop, arun):
     async def main():
         loop = asyncio.get_running_loop()
-        client, conn = await _connected_pair()
+        client, conn = await connected_pair()
         assert conn.getblocking() is False, "sock_accept must return a non-blocking socket"
         await loop.sock_sendall(client, b"hello ")
         await loop.sock_sendall(client, memoryview(b"world"))
@@ -64,7 +43,7 @@ def test_connect_accept_sendall_recv(aloop, arun):
 def test_sock_recv_into(aloop, arun):
     async def main():
         loop = asyncio.get_running_loop()
-        client, conn = await _connected_pair()
+        client, conn = await connected_pair()
         payload = os.urandom(100_000)
         send = asyncio.ensure_future(loop.sock_sendall(client, payload))
         buf = bytearray(7000)
@@ -108,7 +87,7 @@ def test_sock_sendall_large_both_ways(aloop, arun):
 
     async def main():
         loop = asyncio.get_running_loop()
-        client, conn = await _connected_pair()
+        client, conn = await connected_pair()
         a, b = os.urandom(size), os.urandom(size)
         da, db = await asyncio.gather(pump(loop, client, conn, a), pump(loop, conn, client, b))
         assert da == hashlib.sha256(a).hexdigest()
@@ -132,7 +111,7 @@ def test_sock_connect_refused(aloop, arun, refused_port):
 def test_sock_ops_on_closed_socket_raise_oserror(aloop, arun):
     async def main():
         loop = asyncio.get_running_loop()
-        client, conn = await _connected_pair()
+        client, conn = await connected_pair()
         conn.close()
         with pytest.raises(OSError):
             await loop.sock_recv(conn, 10)
@@ -140,7 +119,7 @@ def test_sock_ops_on_closed_socket_raise_oserror(aloop, arun):
             await loop.sock_recv_into(conn, bytearray(10))
         with pytest.raises(OSError):
             await loop.sock_sendall(conn, b"x")
-        lsock = _listener()
+        lsock = listener()
         lsock.close()
         with pytest.raises(OSError):
             await loop.sock_accept(lsock)
@@ -151,7 +130,7 @@ def test_sock_ops_on_closed_socket_raise_oserror(aloop, arun):
 def test_sock_sendall_to_reset_peer_raises(aloop, arun, quiescent):
     async def main():
         loop = asyncio.get_running_loop()
-        client, conn = await _connected_pair()
+        client, conn = await connected_pair()
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         conn.close()                                    # RST
         with pytest.raises((ConnectionError, OSError)):
@@ -165,7 +144,7 @@ def test_sock_sendall_to_reset_peer_raises(aloop, arun, quiescent):
 def test_sock_recv_sees_reset(aloop, arun):
     async def main():
         loop = asyncio.get_running_loop()
-        client, conn = await _connected_pair()
+        client, conn = await connected_pair()
         recv = asyncio.ensure_future(loop.sock_recv(client, 100))
         await asyncio.sleep(0.01)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
@@ -186,7 +165,7 @@ def test_blocking_socket_rejected_in_debug_mode(aloop, arun):
 
     async def main():
         loop = asyncio.get_running_loop()
-        lsock = _listener()
+        lsock = listener()
         s = socket.socket()            # blocking
         with pytest.raises(ValueError):
             await loop.sock_connect(s, lsock.getsockname())
@@ -228,7 +207,7 @@ def test_cancel_pending_sock_recv_loses_no_data(aloop, arun, quiescent):
     """Cancel a pending sock_recv right after the peer's bytes hit the kernel: nothing lost."""
     async def main():
         loop = asyncio.get_running_loop()
-        client, conn = await _connected_pair()
+        client, conn = await connected_pair()
         for i in range(30):
             recv = asyncio.ensure_future(loop.sock_recv(conn, 4096))
             for _ in range(3):
@@ -252,7 +231,7 @@ def test_cancel_pending_sock_recv_loses_no_data(aloop, arun, quiescent):
 def test_cancel_pending_sock_recv_into_loses_no_data(aloop, arun, quiescent):
     async def main():
         loop = asyncio.get_running_loop()
-        client, conn = await _connected_pair()
+        client, conn = await connected_pair()
         buf = bytearray(64)
         recv = asyncio.ensure_future(loop.sock_recv_into(conn, buf))
         await asyncio.sleep(0.01)
@@ -278,7 +257,7 @@ def test_cancel_pending_sock_recv_into_loses_no_data(aloop, arun, quiescent):
 def test_timeout_around_sock_recv_then_socket_still_usable(aloop, arun, quiescent):
     async def main():
         loop = asyncio.get_running_loop()
-        client, conn = await _connected_pair()
+        client, conn = await connected_pair()
         for i in range(5):
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(loop.sock_recv(conn, 100), 0.02)
@@ -297,7 +276,7 @@ def test_timeout_around_sock_recv_then_socket_still_usable(aloop, arun, quiescen
 def test_cancel_pending_sock_accept_then_accept_again(aloop, arun, quiescent):
     async def main():
         loop = asyncio.get_running_loop()
-        lsock = _listener()
+        lsock = listener()
         acc = asyncio.ensure_future(loop.sock_accept(lsock))
         await asyncio.sleep(0.01)
         assert not acc.done()
@@ -327,7 +306,7 @@ def test_cancel_sock_accept_with_connection_in_backlog(aloop, arun, quiescent):
     sock_accept gets it (the cancelled one accepted nothing, or the loop handed it on)."""
     async def main():
         loop = asyncio.get_running_loop()
-        lsock = _listener()
+        lsock = listener()
         acc = asyncio.ensure_future(loop.sock_accept(lsock))
         await asyncio.sleep(0.01)
         c = socket.create_connection(lsock.getsockname(), timeout=30)
@@ -347,7 +326,7 @@ def test_cancel_pending_sock_sendall_releases_everything(aloop, arun, quiescent)
     its buffer (checked by the monitor finaliser) and stay usable."""
     async def main():
         loop = asyncio.get_running_loop()
-        client, conn = await _connected_pair()
+        client, conn = await connected_pair()
         send = asyncio.ensure_future(loop.sock_sendall(client, b"y" * (64 * 1024 * 1024)))
         for _ in range(20):
             await asyncio.sleep(0.005)
@@ -375,11 +354,7 @@ def test_cancel_pending_sock_sendall_releases_everything(aloop, arun, quiescent)
 def test_sock_sendto_recvfrom(aloop, arun):
     async def main():
         loop = asyncio.get_running_loop()
-        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        for s in (a, b):
-            s.bind(("127.0.0.1", 0))
-            s.setblocking(False)
+        a, b = udp_pair()
         recv = asyncio.ensure_future(loop.sock_recvfrom(b, 2048))
         await asyncio.sleep(0.01)
         assert not recv.done()
@@ -403,11 +378,7 @@ def test_sock_sendto_recvfrom(aloop, arun):
 def test_cancel_pending_sock_recvfrom_loses_no_datagram(aloop, arun):
     async def main():
         loop = asyncio.get_running_loop()
-        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        for s in (a, b):
-            s.bind(("127.0.0.1", 0))
-            s.setblocking(False)
+        a, b = udp_pair()
         for i in range(10):
             recv = asyncio.ensure_future(loop.sock_recvfrom(b, 2048))
             await asyncio.sleep(0)
@@ -427,7 +398,7 @@ def test_zero_length_sock_operations(aloop, arun):
     """Empty sends complete at once; an empty receive buffer returns 0 without waiting."""
     async def main():
         loop = asyncio.get_running_loop()
-        client, conn = await _connected_pair()
+        client, conn = await connected_pair()
         assert await asyncio.wait_for(loop.sock_sendall(client, b""), 10) is None
         assert await asyncio.wait_for(loop.sock_sendall(client, memoryview(b"")), 10) is None
         assert await asyncio.wait_for(loop.sock_recv_into(conn, bytearray(0)), 10) == 0
@@ -445,11 +416,7 @@ def test_sock_connect_and_stream_calls_on_udp_sockets(aloop, arun):
     """sock_connect on a datagram socket; then sock_sendall/sock_recv act per datagram."""
     async def main():
         loop = asyncio.get_running_loop()
-        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        for s in (a, b):
-            s.bind(("127.0.0.1", 0))
-            s.setblocking(False)
+        a, b = udp_pair()
         await asyncio.wait_for(loop.sock_connect(a, b.getsockname()), 10)
         await asyncio.wait_for(loop.sock_connect(b, a.getsockname()), 10)
         await loop.sock_sendall(a, b"one")
@@ -465,11 +432,7 @@ def test_sock_connect_and_stream_calls_on_udp_sockets(aloop, arun):
 def test_empty_datagram_via_sock_sendto(aloop, arun):
     async def main():
         loop = asyncio.get_running_loop()
-        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        for s in (a, b):
-            s.bind(("127.0.0.1", 0))
-            s.setblocking(False)
+        a, b = udp_pair()
         assert await loop.sock_sendto(a, b"", b.getsockname()) == 0
         await loop.sock_sendto(a, b"next", b.getsockname())
         assert await asyncio.wait_for(loop.sock_recvfrom(b, 100), 10) == (b"", a.getsockname())
