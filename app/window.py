@@ -208,7 +208,12 @@ class MainWindow(QMainWindow):
         self.status_state.setText(label)
         self.status_rate.setText(f"{format_count(model.ops_per_second())} ops/s · "
                                  f"{format_count(model.events_per_second())} events/s")
-        self.status_dropped.setText(f"dropped: {format_count(model.events_dropped())}")
+        dropped = f"dropped: {format_count(model.events_dropped())}"
+        omitted, budget = model.events_omitted()
+        if omitted:
+            # honest about the timeline: it shows a sample of op lifecycles past the budget
+            dropped += f" · sampled: {format_count(omitted)} omitted ({format_count(budget)}/s budget)"
+        self.status_dropped.setText(dropped)
 
     # ---------------------------------------------------------------- export
     def export_png(self, path: str) -> bool:

@@ -251,6 +251,14 @@ class SessionModel:
         """Events lost on the way: the target's ring overflow plus messages dropped for us."""
         return int(self.last_counters.get("events_dropped", 0)) + self.dropped_total
 
+    def events_omitted(self) -> tuple[int, int]:
+        """(op events the agent's per-client budget left out, that budget in events/s; 0: none).
+
+        Under heavy traffic the agent streams a sample of op lifecycles, not every event; the
+        counters and graphs stay exact, the timeline is then a sample."""
+        c = self.last_counters
+        return int(c.get("events_omitted", 0) or 0), int(c.get("event_budget", 0) or 0)
+
     def to_csv_rows(self) -> tuple[list[str], np.ndarray]:
         """Header and rows of the whole session (coarse history, then full resolution)."""
         return list(COLUMNS), self.series(None).copy()

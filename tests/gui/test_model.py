@@ -169,3 +169,14 @@ def test_ops_started_after_a_snapshot_survive_it():
     m.ingest(OpEvents([(1, EV_OP_SUBMIT, 110.5, 60, KIND_RECV, 3, 10)]))   # after the snapshot
     m.ingest(Outstanding(110.0, []))
     assert 60 in m.ops.rows and 60 in m.lifecycles.open
+
+
+def test_session_reports_events_the_agent_budget_left_out():
+    m = SessionModel()
+    m.ingest(_hello())
+    m.ingest(_sample(100.0))
+    assert m.events_omitted() == (0, 0)          # an agent that sent everything
+    thinned = _sample(100.1)
+    thinned.counters.update(events_omitted=12345, event_budget=20000)
+    m.ingest(thinned)
+    assert m.events_omitted() == (12345, 20000)
