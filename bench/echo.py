@@ -143,12 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conns", type=int, default=10)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--mb", type=int, default=256, help="MiB in one large transfer")
-    ap.add_argument("--only", action="append", help="restrict to these loop names")
+    ap.add_argument("--only", action="append", metavar="NAME[,NAME...]",
+                    help="restrict to these loop names (repeatable or comma-separated)")
     args = ap.parse_args(argv)
 
     factories = _loop_factories()
     if args.only:
-        factories = {k: v for k, v in factories.items() if k in args.only}
+        wanted = {n.strip() for item in args.only for n in item.split(",") if n.strip()}
+        unknown = wanted - set(factories)
+        if unknown:
+            ap.error(f"unknown loop name(s) {sorted(unknown)}; choose from {sorted(factories)}")
+        factories = {k: v for k, v in factories.items() if k in wanted}
     names = list(factories)
     echo: dict[str, list[float]] = {n: [] for n in names}
     echo_cpu: dict[str, list[float]] = {n: [] for n in names}   # CPU microseconds per round trip
