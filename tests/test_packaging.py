@@ -1,6 +1,7 @@
 """The wheel carries every package and the resources the app loads at run time."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -29,8 +30,13 @@ def test_every_package_directory_is_listed_in_pyproject():
 
 
 def test_wheel_ships_resources_and_entry_points(tmp_path):
+    # build from a copy: setuptools writes build/ and *.egg-info into the source tree
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", "build", "dist", "*.egg-info", "__pycache__", ".venv", ".pytest_cache",
+        ".hypothesis"))
     out = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(src)],
         capture_output=True, text=True, timeout=300)
     if out.returncode != 0:
         pytest.fail(f"pip wheel failed:\n{out.stdout}\n{out.stderr}")
