@@ -130,11 +130,14 @@ class Client:
 
 async def connect(target: Union[int, str], *, token: Optional[str] = None,
                   timeout: float = 5.0, client_name: str = "loopmon.client",
-                  op_events: bool = True) -> Client:
+                  op_events: bool = True, event_budget: int = 0) -> Client:
     """Connect to an instrumented process and complete the handshake (see the module doc).
 
     ``op_events=False`` asks the agent not to stream ``OpEvents`` (a dashboard that only
-    graphs Samples spares the monitored process the encoding)."""
+    graphs Samples spares the monitored process the encoding).  ``event_budget`` (op events/s)
+    asks for fewer events than the agent's own budget; it can never raise it."""
+    if event_budget < 0:
+        raise ValueError("event_budget must be >= 0 (0: the agent's budget)")
     kind, where = parse_target(target)
     entry = None
     if kind == "pid":
@@ -163,7 +166,7 @@ async def connect(target: Union[int, str], *, token: Optional[str] = None,
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConnectError(f"cannot connect to {endpoint}: {reason}") from None
     try:
-        hello = wire.ClientHello(token, client_name, op_events)
+        hello = wire.ClientHello(token, client_name, op_events, int(event_budget))
         writer.write(wire.STREAM_HEADER + wire.encode_frame(hello))
 
         async def handshake() -> Any:

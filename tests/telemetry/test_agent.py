@@ -325,3 +325,34 @@ def test_stream_follows_the_programs_next_loop(tmp_path, children):
     restarts = sum(1 for a, b in zip(subs, subs[1:]) if b < a)
     assert restarts == 1, subs
     assert isinstance(msgs[-1], Goodbye) and p.wait(10) == 0
+
+
+def test_client_hello_can_lower_the_event_budget_or_refuse_op_events(children):
+    """The agent subscribes with what the client asked: a lower budget, or no OpEvents at all."""
+    p = children.workload("--duration", "30")
+    wait_discovered(p.pid)
+
+    async def collect(**kw):
+        c = await lmclient.connect(p.pid, **kw)
+        out = []
+        try:
+            async def read():
+                async for msg in c:
+                    out.append(msg)
+                    if sum(isinstance(m, Sample) for m in out) >= 4:
+                        return
+            await asyncio.wait_for(read(), 20)
+        finally:
+            await c.close()
+        return out
+
+    async def both():
+        return await asyncio.gather(collect(event_budget=1000), collect(op_events=False),
+                                    collect())
+    low, none, default = run_async(both(), timeout=60)
+    budget_of = lambda msgs: [m for m in msgs if isinstance(m, Sample)][-1].counters["event_budget"]
+    assert budget_of(low) == 1000
+    assert budget_of(default) > 1000                      # the agent's own (20 k/s by default)
+    assert not any(isinstance(m, OpEvents) for m in none)
+    with pytest.raises(ValueError):
+        run_async(lmclient.connect(p.pid, event_budget=-1))
