@@ -28,6 +28,7 @@ from typing import Callable
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import loopmon  # noqa: E402
+from loopmon.workloads.echo import echo_handler  # noqa: E402
 
 
 def _loop_factories() -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
@@ -44,20 +45,8 @@ def _loop_factories() -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     return factories
 
 
-async def _echo_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                break
-            writer.write(data)
-            await writer.drain()
-    finally:
-        writer.close()
-
-
 async def echo_round_trips(conns: int, size: int, seconds: float) -> float:
-    server = await asyncio.start_server(_echo_handler, "127.0.0.1", 0)
+    server = await asyncio.start_server(echo_handler, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     payload = b"x" * size
     deadline = 0.0

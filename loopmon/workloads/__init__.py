@@ -6,5 +6,6 @@ loopmon.workloads.<name>``.  All traffic stays on 127.0.0.1.
 
 * ``demo`` — echo traffic with bursts, connection churn and a slow reader (``loopmon-gui --demo``);
 * ``cancel_race`` — receives cancelled while a peer streams (``--demo cancel-race``, bpo-33694);
-* ``send_leak`` — sends that fail at submission (``--demo send-leak``, bpo-32710).
+* ``send_leak`` — sends that fail at submission (``--demo send-leak``, bpo-32710);
+* ``echo`` — the plain echo handler the workloads and ``bench/echo.py`` share.
 """

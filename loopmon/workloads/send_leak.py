@@ -35,6 +35,8 @@ import time
 from collections import Counter
 from typing import Optional
 
+from .echo import echo_handler
+
 _LINGER_RESET = struct.pack("ii", 1, 0)   # l_onoff=1, l_linger=0: close() sends an RST
 
 
@@ -88,18 +90,6 @@ def _peer_gone(sock: socket.socket) -> bool:
         return True
 
 
-async def _echo_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                break
-            writer.write(data)
-            await writer.drain()
-    finally:
-        writer.close()
-
-
 async def _healthy_echo(port: int, interval: float, stats: Stats, stop: asyncio.Event) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -145,7 +135,7 @@ async def main(argv: Optional[list[str]] = None) -> int:
     listener.listen(64)
     listener.setblocking(False)
     reset_addr = listener.getsockname()
-    echo_server = await asyncio.start_server(_echo_server, "127.0.0.1", 0)
+    echo_server = await asyncio.start_server(echo_handler, "127.0.0.1", 0)
     echo_port = echo_server.sockets[0].getsockname()[1]
     payload = b"x" * args.size
     t0 = time.monotonic()
