@@ -1,94 +1,74 @@
 """The in-process recorder: counters, the outstanding-op table, live buffers and the event ring.
 
-Why it looks the way it does
-----------------------------
-The backend calls these methods on the loop thread, once per op transition, on the hottest
-path the program has.  So each call is: a few plain-int increments, at most one dict
-insert/pop, one ``time.monotonic()`` read and one ``deque.append`` of a tuple.  No closures,
-no per-op dicts, no ``add_done_callback`` round trips.  An op that finishes inside its
-submission call (most ops on the selector-emulated backend) is a single ``op_inline`` call
-and never touches the outstanding table.
+Two halves
+----------
+The backend calls the hot-path methods -- ``op_inline``, ``op_start``, ``op_start_pinned``,
+``op_cancel``, ``op_end``, ``delivered`` -- on the loop thread, once per op transition, on
+the hottest path the program has.  Those live in a *core*: the C extension
+``_loopmon_speedups`` (``loopmon/monitor/_speedups.c``: a call is a few int increments, one
+clock read and a struct written into a preallocated ring slot) or, where it could not be
+built or ``LOOPMON_PURE_PYTHON=1`` asks for it, its pure-Python twin
+``loopmon.monitor.core_py``.  ``IMPLEMENTATION`` says which one runs.
 
-What keeps a call cheap: an op's id is the sequence number of its first event and a
-buffer's id that of its pin event (one plain-int counter instead of three iterators); a
-buffer pinned by a pending op lives in the op's ``OpRecord`` (no second object, no
-buffer-table entry) until the op ends -- only a buffer *kept* past its op's end gets a
-``BufferRecord`` in the table; and counters that are sums (``ops_submitted``,
-``ops_completed``, ``ops_failed``, ``buffer_bytes_live``) are properties over the parts the
-hot path bumps, so an inline op bumps two ints, not four.
+Everything else is here, once, for both cores: rare events (inline failures, explicit
+buffer pins and releases, discards outside an op's end, abandoned bytes), buffers kept past
+their op's end (``_keep_buffer``), lag samples, close, error notes, and the readers
+(``snapshot``, ``outstanding``, ``live_buffers``, ``drain`` from the core).  Rare events go
+through the core's ``_emit(code, t, *fields)``, which checks the layout of
+``loopmon.monitor.events``.
+
+Ids: an op's id is the sequence number of its first event and a buffer's id that of its pin
+event, so both come from the one ``_seq_next`` counter.  A buffer pinned by a pending op
+lives in the op's ``OpRecord`` (no buffer-table entry on the hot path) until the op ends;
+only a buffer *kept* past its op's end gets a ``BufferRecord`` in ``_buffers``.  Counters
+that are sums (``ops_submitted``, ``ops_completed``, ``ops_failed``, ``buffer_bytes_live``)
+are properties over the parts the hot path bumps.
 
 Every method swallows its own exceptions: instrumentation must never raise into the program.
 Errors are counted (``instrumentation_errors``) and the last one kept for the snapshot.
 
 Threads: only the loop thread writes.  Other threads (the telemetry collector, a GUI) read
 the int counters (atomic under the GIL), copy the dicts (``list(d.values())`` is one C call
-and so atomic under the GIL) and pop the ring with ``drain()``: a single consumer.  The ring
-is a bounded ``deque``; when nobody drains it the oldest events fall off, and the next
-``drain()`` counts them from the gap in sequence numbers.
+and so atomic under the GIL) and take events with ``drain()``: a single consumer.  The ring
+is bounded; when nobody drains it the oldest events are overwritten, and the next
+``drain()`` counts them in ``events_dropped``.
 """
 from __future__ import annotations
 
+import os
 import time
-from itertools import repeat, starmap
+import warnings
 from collections import deque
-from typing import Optional
 
+from . import events as _events
+from .core_py import DIRECTIONS, OpRecord as PyOpRecord, PyMonitorCore
 from .events import (
-    EV_BUF_PIN, EV_BUF_RELEASE, EV_DISCARD, EV_OP_CANCEL, EV_OP_END, EV_OP_INLINE,
-    EV_OP_SUBMIT, FLAG_CANCEL_REQUESTED, FLAG_DISCARDED, FLAG_DRAINED_AT_CLOSE,
-    FLAG_LATE_COMPLETION, OUTCOME_CANCELLED, OUTCOME_COMPLETED, OUTCOME_FAILED,
-    RECEIVE_KINDS, SEND_KINDS, kind_name,
+    EV_BUF_PIN, EV_BUF_RELEASE, EV_DISCARD, EV_OP_INLINE, FLAG_DRAINED_AT_CLOSE,
+    OUTCOME_CANCELLED, OUTCOME_FAILED, kind_name,
 )
 from .snapshot import BufferInfo, OpInfo, Snapshot
 
 _monotonic = time.monotonic
-_new_record = object.__new__
 
-# 0: no byte accounting, 1: received from the OS, 2: sent to the OS; indexed by kind
-_DIRECTION = tuple(1 if k in RECEIVE_KINDS else 2 if k in SEND_KINDS else 0 for k in range(32))
+_SPEEDUPS_ABI = 1
 
 
-class OpRecord:
-    """One pending op.  Owned by the backend between ``op_start`` and ``op_end``.
-
-    While the op is outstanding, a buffer pinned for it lives in the record itself
-    (``buffer_id`` non-zero) rather than in the buffer table; see ``Monitor``.
-    """
-
-    __slots__ = ("op_id", "kind", "fd", "requested", "submit_t", "cancel_t",
-                 "buffer_id", "buffer_size", "buffer_pin_t", "peer")
-
-    def __init__(self, op_id: int, kind: int, fd: int, requested: int, submit_t: float,
-                 buffer_id: int = 0, buffer_size: int = 0) -> None:
-        self.op_id = op_id
-        self.kind = kind
-        self.fd = fd
-        self.requested = requested
-        self.submit_t = submit_t
-        self.cancel_t = 0.0        # 0.0: no cancel requested
-        self.buffer_id = buffer_id  # 0: holds no buffer
-        self.buffer_size = buffer_size
-        self.buffer_pin_t = submit_t if buffer_id else 0.0
-        self.peer: Optional[str] = None
-
-    # While its op runs, a pinned buffer is represented by the OpRecord itself (no second
-    # object and no buffer-table entry per pending op on the hot path); these read like a
-    # BufferRecord.  A buffer kept past its op's end gets a real BufferRecord.
-    @property
-    def buf_id(self) -> int:
-        return self.buffer_id
-
-    @property
-    def size(self) -> int:
-        return self.buffer_size
-
-    @property
-    def pin_t(self) -> float:
-        return self.buffer_pin_t
-
-    @property
-    def op_end_t(self) -> float:
-        return 0.0
+def _load_c_core():
+    """The C core, or None (not built, switched off, or built for another loopmon)."""
+    if os.environ.get("LOOPMON_PURE_PYTHON", "").strip() not in ("", "0"):
+        return None
+    try:
+        import _loopmon_speedups as c
+    except ImportError:
+        return None
+    mismatched = [k for k, v in c.CONSTANTS.items() if getattr(_events, k, None) != v]
+    if getattr(c, "ABI_VERSION", None) != _SPEEDUPS_ABI or mismatched:
+        warnings.warn(f"_loopmon_speedups does not match this loopmon (ABI "
+                      f"{getattr(c, 'ABI_VERSION', None)}, mismatched {mismatched}); "
+                      "using the pure-Python recorder", RuntimeWarning, stacklevel=2)
+        return None
+    c._set_directions(DIRECTIONS)
+    return c
 
 
 class BufferRecord:
@@ -105,56 +85,21 @@ class BufferRecord:
         self.op_end_t = 0.0        # set when the owning op ends while the buffer is still held
 
 
-class Monitor:
-    """Records every op and buffer of one event loop.  See the module docstring."""
+class _MonitorCommon:
+    """The part of ``Monitor`` shared by both cores.  See the module docstring."""
 
     def __init__(self, *, ring_capacity: int = 1 << 16, backend: str = "unknown") -> None:
+        super().__init__(ring_capacity=ring_capacity)
         self.backend = backend
         self.created_wall = time.time()
         self.created_t = _monotonic()
         self.closed = False
-        self._ring = deque(maxlen=ring_capacity)      # sets _ring_append too
-        self.ring_capacity = ring_capacity
-        # the sequence number of the next event; an op's id is the seq of its first event,
-        # a buffer's id the seq of its pin event (unique, increasing, never 0)
-        self._seq_next = 1
-        self._outstanding: dict[int, OpRecord] = {}
-        self._buffers: dict[int, BufferRecord] = {}   # buffers held past their op's end
-        # counters: plain ints, written only on the loop thread (some are sums: properties)
-        self.ops_inline = 0
-        self._ops_pended = 0
-        self._inline_failed = 0
-        self._ended_completed = 0
-        self._ended_failed = 0
-        self.ops_cancelled = 0
-        self.cancel_requests = 0
-        self.late_completions = 0
-        self.bytes_received = 0
-        self.bytes_delivered = 0
-        self.bytes_discarded = 0
-        self.bytes_abandoned = 0
-        self.bytes_sent = 0
-        self.buffers_pinned = 0
         self.loop_lag = 0.0
         self.loop_lag_max = 0.0
         self._lag_samples: deque = deque(maxlen=4096)   # (t, lag) for detectors
-        self.instrumentation_errors = 0
         self.last_instrumentation_error = ""
-        # consumer side (drain)
-        self._next_seq = 1
-        self.events_dropped = 0
         # alerts raised by detectors (loopmon.detectors); bounded
         self.alerts: deque = deque(maxlen=1000)
-
-    @property
-    def _ring(self) -> deque:
-        return self._ring_deque
-
-    @_ring.setter
-    def _ring(self, ring: deque) -> None:
-        # the hot path calls the bound append: rebinding the ring rebinds it
-        self._ring_deque = ring
-        self._ring_append = ring.append
 
     # counters kept as parts on the hot path (fewer increments per op), summed on read
     @property
@@ -173,171 +118,34 @@ class Monitor:
     def buffer_bytes_live(self) -> int:
         return sum(b.size for b in self._live_buffer_records())
 
-    # ------------------------------------------------------------------ hot path (loop thread)
-    def op_inline(self, kind: int, fd: int, requested: int, nbytes: int) -> None:
-        """An op submitted and completed successfully within the same call."""
-        try:
-            seq = self._seq_next
-            self._seq_next = seq + 1
-            self.ops_inline += 1
-            d = _DIRECTION[kind]
-            if d == 2:
-                self.bytes_sent += nbytes
-            elif d == 1:
-                self.bytes_received += nbytes
-            self._ring_append((seq, EV_OP_INLINE, _monotonic(), seq, kind, fd, requested,
-                               OUTCOME_COMPLETED, nbytes, ""))
-        except Exception as exc:  # pragma: no cover - defensive
-            self._note_error(exc)
-
+    # ------------------------------------------------------------------ rare events (loop thread)
     def op_failed_inline(self, kind: int, fd: int, requested: int, exc: BaseException) -> None:
         """An op that failed inside its submission call (no buffer involved)."""
         try:
-            seq = self._seq_next
-            self._seq_next = seq + 1
             self.ops_inline += 1
             self._inline_failed += 1
-            self._ring_append((seq, EV_OP_INLINE, _monotonic(), seq, kind, fd, requested,
-                               OUTCOME_FAILED, 0, type(exc).__name__))
-        except Exception as err:  # pragma: no cover - defensive
+            seq = self._seq_next
+            self._emit(EV_OP_INLINE, _monotonic(), seq, kind, fd, requested, OUTCOME_FAILED, 0,
+                       type(exc).__name__)
+        except Exception as err:
             self._note_error(err)
 
-    def op_start(self, kind: int, fd: int, requested: int) -> Optional[OpRecord]:
-        """An op goes pending.  Returns the record to hand back to ``op_end`` (None on error)."""
-        try:
-            t = _monotonic()
-            seq = self._seq_next
-            self._seq_next = seq + 1
-            rec = OpRecord(seq, kind, fd, requested, t)
-            self._outstanding[seq] = rec
-            self._ops_pended += 1
-            self._ring_append((seq, EV_OP_SUBMIT, t, seq, kind, fd, requested))
-            return rec
-        except Exception as exc:  # pragma: no cover - defensive
-            self._note_error(exc)
-            return None
-
-    def op_start_pinned(self, kind: int, fd: int, requested: int,
-                        size: int) -> Optional[OpRecord]:
-        """``op_start`` + ``buffer_pin(rec, size)`` in one call and one clock read.
-
-        The hot path of a pending receive; emits exactly the same two events.
-        """
-        try:
-            t = _monotonic()
-            seq = self._seq_next
-            buf_id = seq + 1
-            self._seq_next = seq + 2
-            rec = _new_record(OpRecord)     # OpRecord(...) without the __init__ frame
-            rec.op_id = seq
-            rec.kind = kind
-            rec.fd = fd
-            rec.requested = requested
-            rec.submit_t = t
-            rec.cancel_t = 0.0
-            rec.buffer_id = buf_id
-            rec.buffer_size = size
-            rec.buffer_pin_t = t
-            rec.peer = None
-            self._outstanding[seq] = rec
-            self._ops_pended += 1
-            self.buffers_pinned += 1
-            ring_append = self._ring_append
-            ring_append((seq, EV_OP_SUBMIT, t, seq, kind, fd, requested))
-            ring_append((buf_id, EV_BUF_PIN, t, buf_id, seq, size))
-            return rec
-        except Exception as exc:  # pragma: no cover - defensive
-            self._note_error(exc)
-            return None
-
-    def op_cancel(self, rec: Optional[OpRecord]) -> None:
-        """Somebody requested cancellation of a pending op (the op stays in flight)."""
-        if rec is None or rec.cancel_t:
-            return
-        try:
-            t = _monotonic()
-            rec.cancel_t = t
-            self.cancel_requests += 1
-            seq = self._seq_next
-            self._seq_next = seq + 1
-            self._ring_append((seq, EV_OP_CANCEL, t, rec.op_id))
-        except Exception as exc:  # pragma: no cover - defensive
-            self._note_error(exc)
-
-    def op_end(self, rec: Optional[OpRecord], outcome: int, nbytes: int = 0,
-               error: str = "", flags: int = 0, keep_buffer: bool = False) -> None:
-        """A pending op ended.  ``nbytes`` is what the OS transferred, delivered or not.
-
-        Releases the op's buffer unless ``keep_buffer`` (which only a buffer-leak fault asks).
-        A completion that carries bytes after its cancel was requested, and whose result is
-        discarded, must come with ``FLAG_DISCARDED``: those bytes count as lost.
-        """
-        if rec is None:
-            return
-        try:
-            op_id = rec.op_id
-            if self._outstanding.pop(op_id, None) is None:
-                return  # ended twice, or drained at close already
-            t = _monotonic()
-            if rec.cancel_t:
-                flags |= FLAG_CANCEL_REQUESTED
-                if outcome == OUTCOME_COMPLETED:
-                    flags |= FLAG_LATE_COMPLETION
-                    self.late_completions += 1
-            if outcome == OUTCOME_COMPLETED:
-                self._ended_completed += 1
-            elif outcome == OUTCOME_CANCELLED:
-                self.ops_cancelled += 1
-            else:
-                self._ended_failed += 1
-            if nbytes:
-                d = _DIRECTION[rec.kind]
-                if d == 1:
-                    self.bytes_received += nbytes
-                elif d == 2:
-                    self.bytes_sent += nbytes
-            ring_append = self._ring_append
-            seq = self._seq_next
-            ring_append((seq, EV_OP_END, t, op_id, outcome, nbytes, error, flags))
-            seq += 1
-            if flags & FLAG_DISCARDED and nbytes:
-                self.bytes_discarded += nbytes
-                ring_append((seq, EV_DISCARD, t, op_id, nbytes))
-                seq += 1
-            buf_id = rec.buffer_id
-            if buf_id:
-                if keep_buffer:
-                    # held past the op's end: into the buffer table (rec keeps its buffer_id,
-                    # so a later buffer_release(rec) still finds it)
-                    buf = BufferRecord(buf_id, op_id, rec.kind, rec.buffer_size,
-                                       rec.buffer_pin_t)
-                    buf.op_end_t = t
-                    self._buffers[buf_id] = buf
-                else:
-                    rec.buffer_id = 0
-                    ring_append((seq, EV_BUF_RELEASE, t, buf_id))
-                    seq += 1
-            self._seq_next = seq
-        except Exception as exc:  # pragma: no cover - defensive
-            self._note_error(exc)
-
-    def buffer_pin(self, rec: Optional[OpRecord], size: int) -> None:
+    def buffer_pin(self, rec, size: int) -> None:
         """The backend allocated or pinned ``size`` bytes for the pending op ``rec``."""
         if rec is None:
             return
         try:
             t = _monotonic()
-            seq = self._seq_next
-            self._seq_next = seq + 1
-            rec.buffer_id = seq
+            buf_id = self._seq_next
+            self._emit(EV_BUF_PIN, t, buf_id, rec.op_id, size)
+            rec.buffer_id = buf_id
             rec.buffer_size = size
             rec.buffer_pin_t = t
             self.buffers_pinned += 1
-            self._ring_append((seq, EV_BUF_PIN, t, seq, rec.op_id, size))
-        except Exception as exc:  # pragma: no cover - defensive
+        except Exception as exc:
             self._note_error(exc)
 
-    def buffer_release(self, rec: Optional[OpRecord]) -> None:
+    def buffer_release(self, rec) -> None:
         """The backend let go of the buffer of ``rec`` (before, or -- kept -- after its end)."""
         if rec is None or not rec.buffer_id:
             return
@@ -345,17 +153,10 @@ class Monitor:
             buf_id = rec.buffer_id
             rec.buffer_id = 0
             if self._outstanding.get(rec.op_id) is rec:
-                self._emit_release(buf_id, _monotonic())
+                self._emit(EV_BUF_RELEASE, _monotonic(), buf_id)
             else:
                 self._release(buf_id, _monotonic())
-        except Exception as exc:  # pragma: no cover - defensive
-            self._note_error(exc)
-
-    def delivered(self, nbytes: int) -> None:
-        """``nbytes`` received bytes were handed to a protocol or returned to a caller."""
-        try:
-            self.bytes_delivered += nbytes
-        except Exception as exc:  # pragma: no cover - defensive
+        except Exception as exc:
             self._note_error(exc)
 
     def abandoned(self, nbytes: int) -> None:
@@ -366,17 +167,15 @@ class Monitor:
         """
         try:
             self.bytes_abandoned += nbytes
-        except Exception as exc:  # pragma: no cover - defensive
+        except Exception as exc:
             self._note_error(exc)
 
     def discarded(self, nbytes: int, op_id: int = 0) -> None:
         """Received bytes that will never be delivered, outside of an ``op_end``."""
         try:
             self.bytes_discarded += nbytes
-            seq = self._seq_next
-            self._seq_next = seq + 1
-            self._ring_append((seq, EV_DISCARD, _monotonic(), op_id, nbytes))
-        except Exception as exc:  # pragma: no cover - defensive
+            self._emit(EV_DISCARD, _monotonic(), op_id, nbytes)
+        except Exception as exc:
             self._note_error(exc)
 
     def record_lag(self, lag: float) -> None:
@@ -388,8 +187,18 @@ class Monitor:
             if lag > self.loop_lag_max:
                 self.loop_lag_max = lag
             self._lag_samples.append((_monotonic(), lag))
-        except Exception as exc:  # pragma: no cover - defensive
+        except Exception as exc:
             self._note_error(exc)
+
+    def _keep_buffer(self, rec, t: float) -> None:
+        """``op_end(..., keep_buffer=True)``: the buffer outlives its op, into the table.
+
+        ``rec`` keeps its ``buffer_id``, so a later ``buffer_release(rec)`` still finds it.
+        Only a buffer-leak fault asks for this.
+        """
+        buf = BufferRecord(rec.buffer_id, rec.op_id, rec.kind, rec.buffer_size, rec.buffer_pin_t)
+        buf.op_end_t = t
+        self._buffers[rec.buffer_id] = buf
 
     # ------------------------------------------------------------------ lifecycle
     def drain_at_close(self) -> None:
@@ -409,32 +218,6 @@ class Monitor:
         self.closed = True
 
     # ------------------------------------------------------------------ readers (any thread)
-    def drain(self, max_items: int = 1 << 30) -> list[tuple]:
-        """Pop up to ``max_items`` events.  Single consumer (the telemetry collector).
-
-        Events lost to ring overflow are added to ``events_dropped``.
-        """
-        ring = self._ring
-        popleft = ring.popleft
-        try:
-            # one C-level loop (no Python per event): only this consumer pops, and the loop
-            # thread only appends, so the ring holds at least this many events
-            out: list[tuple] = list(starmap(popleft, repeat((), min(len(ring), max_items))))
-        except IndexError:  # pragma: no cover - the ring overflowed mid-drain: keep what we got
-            out = []
-            try:
-                for _ in range(max_items):
-                    out.append(popleft())
-            except IndexError:
-                pass
-        if out:
-            first, last = out[0][0], out[-1][0]
-            gap = (first - self._next_seq) + (last - first + 1 - len(out))
-            if gap > 0:
-                self.events_dropped += gap
-            self._next_seq = last + 1
-        return out
-
     def snapshot(self) -> Snapshot:
         """Counters as of now.  Safe to call from any thread, and after ``loop.close()``."""
         now = _monotonic()
@@ -493,16 +276,31 @@ class Monitor:
     def _release(self, buf_id: int, t: float) -> None:
         """Release a buffer of the table (one kept past its op's end)."""
         if self._buffers.pop(buf_id, None) is not None:
-            self._emit_release(buf_id, t)
-
-    def _emit_release(self, buf_id: int, t: float) -> None:
-        seq = self._seq_next
-        self._seq_next = seq + 1
-        self._ring_append((seq, EV_BUF_RELEASE, t, buf_id))
+            self._emit(EV_BUF_RELEASE, t, buf_id)
 
     def _note_error(self, exc: BaseException) -> None:
+        """Count an exception raised inside instrumentation (the C core calls this too)."""
         try:
             self.instrumentation_errors += 1
             self.last_instrumentation_error = f"{type(exc).__name__}: {exc}"[:500]
         except Exception:  # pragma: no cover - nothing left to do
             pass
+
+
+class PyMonitor(_MonitorCommon, PyMonitorCore):
+    """``Monitor`` on the pure-Python core."""
+
+
+_c_core = _load_c_core()
+if _c_core is not None:
+    class CMonitor(_MonitorCommon, _c_core.MonitorCore):
+        """``Monitor`` on the C core (``_loopmon_speedups``)."""
+
+    Monitor = CMonitor
+    OpRecord = _c_core.OpRecord
+    IMPLEMENTATION = "c"
+else:
+    CMonitor = None
+    Monitor = PyMonitor
+    OpRecord = PyOpRecord
+    IMPLEMENTATION = "python"

@@ -1,0 +1,864 @@
+/*
+ * _loopmon_speedups: the Monitor's hot path and event ring, in C.
+ *
+ * Why C
+ * -----
+ * The backend calls the recorder once per op transition, on the hottest path a program has:
+ * an echo round trip on the selector backend makes six calls (two inline sends, two pending
+ * receives that start and end) and ten events.  In Python each call is a frame, an
+ * attribute walk, a float, a tuple of up to ten objects and, once the ring is full, the
+ * eviction (deallocation) of the oldest tuple: about 5 us of a 25 us round trip, far over
+ * the 5 % the core issue allows.  Here a call is a vectorcall into C, a few int increments,
+ * one clock read and a struct written into a preallocated ring slot: no allocation at all
+ * for an inline op, one small record (the ``OpRecord``) for a pending one.
+ *
+ * The ring
+ * --------
+ * A fixed array of ``Slot`` structs indexed by ``seq % capacity``.  Every event takes the
+ * next sequence number, so sequence numbers are dense and the writer simply overwrites the
+ * oldest slot: nothing is freed on the producer side, and a reader that fell behind learns
+ * how much it lost from ``seq_next - next_seq - capacity`` (counted in ``events_dropped``).
+ * Tuples -- the event contract of ``loopmon.monitor.events`` -- are built only by ``drain()``,
+ * on the consumer's thread, and only for the events somebody drains: with no telemetry
+ * attached, an instrumented loop never builds an event tuple.
+ *
+ * Threads: only the loop thread writes; one consumer drains.  Both hold the GIL, and no
+ * call here runs Python code between reading and writing a slot -- with one trap: building
+ * tuples allocates, an allocation may run the cyclic GC, and the GC may run a ``__del__``
+ * that lets the loop thread in.  ``drain()`` therefore copies the slots it takes into a
+ * private array first, and only then builds objects.
+ *
+ * What stays in Python (``loopmon/monitor/recorder.py``): readers (snapshot, outstanding,
+ * live buffers), rare events (inline failures, explicit buffer pins and releases, discards),
+ * buffers kept past their op's end, and error notes -- through ``_emit()`` and
+ * ``_note_error()``.  ``loopmon/monitor/core_py.py`` is the same core in pure Python, used
+ * when this module cannot be built; the test suite runs both.
+ *
+ * Every method swallows its own exceptions (instrumentation never raises into the
+ * program): it hands them to ``self._note_error(exc)`` and returns None.
+ *
+ * This module is top-level (``_loopmon_speedups``), not ``loopmon._speedups``, on purpose:
+ * a test run from a checkout imports ``loopmon`` from the source tree, which has no built
+ * extension in it, while a top-level module still resolves to the installed one.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#define ABI_VERSION 1
+
+/* must match loopmon/monitor/events.py: checked at import (recorder.py) and by the tests */
+#define EV_OP_INLINE 1
+#define EV_OP_SUBMIT 2
+#define EV_OP_CANCEL 3
+#define EV_OP_END 4
+#define EV_BUF_PIN 5
+#define EV_BUF_RELEASE 6
+#define EV_DISCARD 7
+#define MAX_CODE 7
+#define OUTCOME_COMPLETED 1
+#define OUTCOME_CANCELLED 2
+#define FLAG_CANCEL_REQUESTED 1
+#define FLAG_LATE_COMPLETION 2
+#define FLAG_DISCARDED 4
+#define MAX_FIELDS 7
+#define N_KINDS 32
+
+/* payload fields after (seq, code, t) per event code, and which one is a string (-1: none) */
+static const int NFIELDS[MAX_CODE + 1] = {0, 7, 4, 1, 5, 3, 1, 2};
+static const int STRPOS[MAX_CODE + 1] = {-1, 6, -1, -1, 3, -1, -1, -1};
+
+/* 0: no byte accounting, 1: received from the OS, 2: sent; per kind (set by _set_directions) */
+static unsigned char DIRECTION[N_KINDS];
+
+static PyObject *EMPTY_STR;    /* "" */
+
+static inline double
+now(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyTime_t t;
+    (void)PyTime_MonotonicRaw(&t);
+    return PyTime_AsSecondsDouble(t);
+#else
+    return _PyTime_AsSecondsDouble(_PyTime_GetMonotonicClock());
+#endif
+}
+
+/* ------------------------------------------------------------------------------ OpRecord */
+
+typedef struct {
+    PyObject_HEAD
+    long long op_id;
+    long long kind;
+    long long fd;
+    long long requested;
+    long long buffer_id;      /* 0: holds no buffer */
+    long long buffer_size;
+    double submit_t;
+    double cancel_t;          /* 0.0: no cancel requested */
+    double buffer_pin_t;
+    PyObject *peer;           /* NULL reads as None */
+} OpRecordObject;
+
+static PyTypeObject OpRecord_Type;
+#define OpRecord_Check(o) (Py_TYPE(o) == &OpRecord_Type)
+
+static OpRecordObject *
+oprecord_alloc(void)
+{
+    OpRecordObject *r = PyObject_New(OpRecordObject, &OpRecord_Type);
+    if (r != NULL) {
+        r->cancel_t = 0.0;
+        r->peer = NULL;
+    }
+    return r;
+}
+
+static PyObject *
+oprecord_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"op_id", "kind", "fd", "requested", "submit_t", "buffer_id",
+                             "buffer_size", NULL};
+    long long op_id, kind, fd, requested, buffer_id = 0, buffer_size = 0;
+    double submit_t;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLLLd|LL:OpRecord", kwlist, &op_id, &kind,
+                                     &fd, &requested, &submit_t, &buffer_id, &buffer_size))
+        return NULL;
+    OpRecordObject *r = oprecord_alloc();
+    if (r == NULL)
+        return NULL;
+    r->op_id = op_id;
+    r->kind = kind;
+    r->fd = fd;
+    r->requested = requested;
+    r->submit_t = submit_t;
+    r->buffer_id = buffer_id;
+    r->buffer_size = buffer_size;
+    r->buffer_pin_t = buffer_id ? submit_t : 0.0;
+    return (PyObject *)r;
+}
+
+static void
+oprecord_dealloc(OpRecordObject *r)
+{
+    Py_XDECREF(r->peer);
+    PyObject_Free(r);
+}
+
+static PyObject *
+oprecord_repr(OpRecordObject *r)
+{
+    return PyUnicode_FromFormat("<OpRecord op_id=%lld kind=%lld fd=%lld buffer_id=%lld>",
+                                r->op_id, r->kind, r->fd, r->buffer_id);
+}
+
+static PyMemberDef oprecord_members[] = {
+    {"op_id", T_LONGLONG, offsetof(OpRecordObject, op_id), 0, NULL},
+    {"kind", T_LONGLONG, offsetof(OpRecordObject, kind), 0, NULL},
+    {"fd", T_LONGLONG, offsetof(OpRecordObject, fd), 0, NULL},
+    {"requested", T_LONGLONG, offsetof(OpRecordObject, requested), 0, NULL},
+    {"buffer_id", T_LONGLONG, offsetof(OpRecordObject, buffer_id), 0, NULL},
+    {"buffer_size", T_LONGLONG, offsetof(OpRecordObject, buffer_size), 0, NULL},
+    {"submit_t", T_DOUBLE, offsetof(OpRecordObject, submit_t), 0, NULL},
+    {"cancel_t", T_DOUBLE, offsetof(OpRecordObject, cancel_t), 0, NULL},
+    {"buffer_pin_t", T_DOUBLE, offsetof(OpRecordObject, buffer_pin_t), 0, NULL},
+    {"peer", T_OBJECT, offsetof(OpRecordObject, peer), 0, NULL},
+    {NULL}
+};
+
+/* while its op runs, the record stands for its pinned buffer too: these read like a
+   BufferRecord (see recorder.py) */
+static PyObject *get_buf_id(OpRecordObject *r, void *c) { return PyLong_FromLongLong(r->buffer_id); }
+static PyObject *get_size(OpRecordObject *r, void *c) { return PyLong_FromLongLong(r->buffer_size); }
+static PyObject *get_pin_t(OpRecordObject *r, void *c) { return PyFloat_FromDouble(r->buffer_pin_t); }
+static PyObject *get_op_end_t(OpRecordObject *r, void *c) { return PyFloat_FromDouble(0.0); }
+
+static PyGetSetDef oprecord_getset[] = {
+    {"buf_id", (getter)get_buf_id, NULL, NULL, NULL},
+    {"size", (getter)get_size, NULL, NULL, NULL},
+    {"pin_t", (getter)get_pin_t, NULL, NULL, NULL},
+    {"op_end_t", (getter)get_op_end_t, NULL, NULL, NULL},
+    {NULL}
+};
+
+static PyTypeObject OpRecord_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "_loopmon_speedups.OpRecord",
+    .tp_doc = "One pending op (see loopmon.monitor.recorder.OpRecord).",
+    .tp_basicsize = sizeof(OpRecordObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = oprecord_new,
+    .tp_dealloc = (destructor)oprecord_dealloc,
+    .tp_repr = (reprfunc)oprecord_repr,
+    .tp_members = oprecord_members,
+    .tp_getset = oprecord_getset,
+};
+
+/* --------------------------------------------------------------------------- MonitorCore */
+
+typedef struct {
+    long long seq;
+    double t;
+    long long f[MAX_FIELDS];
+    PyObject *s;              /* the string field (owned), or NULL */
+    int code;
+} Slot;
+
+typedef struct {
+    PyObject_HEAD
+    Slot *ring;
+    long long cap;
+    long long seq_next;       /* sequence number of the next event (ids come from it too) */
+    long long next_seq;       /* the consumer's next wanted seq */
+    PyObject *outstanding;    /* dict op_id -> OpRecord */
+    PyObject *buffers;        /* dict buf_id -> BufferRecord (kept past their op's end) */
+    /* counters (plain ints; some Monitor counters are sums of these: see recorder.py) */
+    long long ops_inline;
+    long long ops_pended;
+    long long inline_failed;
+    long long ended_completed;
+    long long ended_failed;
+    long long ops_cancelled;
+    long long cancel_requests;
+    long long late_completions;
+    long long bytes_received;
+    long long bytes_delivered;
+    long long bytes_discarded;
+    long long bytes_abandoned;
+    long long bytes_sent;
+    long long buffers_pinned;
+    long long events_dropped;
+    long long instrumentation_errors;
+} CoreObject;
+
+static inline void
+put(CoreObject *m, long long seq, int code, double t, PyObject *s,
+    long long a, long long b, long long c, long long d, long long e, long long f, long long g)
+{
+    Slot *sl = &m->ring[(unsigned long long)seq % (unsigned long long)m->cap];
+    PyObject *old = sl->s;
+    sl->seq = seq;
+    sl->code = code;
+    sl->t = t;
+    sl->f[0] = a; sl->f[1] = b; sl->f[2] = c; sl->f[3] = d;
+    sl->f[4] = e; sl->f[5] = f; sl->f[6] = g;
+    Py_XINCREF(s);
+    sl->s = s;
+    Py_XDECREF(old);          /* a str: its deallocation runs no Python code */
+}
+
+/* hand the pending exception to self._note_error (which counts it); never raises */
+static void
+note_error(CoreObject *m)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    PyObject *r = value ? PyObject_CallMethod((PyObject *)m, "_note_error", "O", value) : NULL;
+    if (r == NULL) {
+        PyErr_Clear();
+        m->instrumentation_errors += 1;
+    }
+    Py_XDECREF(r);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+}
+
+static inline int
+as_ll(PyObject *o, long long *out)
+{
+    long long v = PyLong_AsLongLong(o);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int
+dict_set(PyObject *d, PyObject *k, PyObject *v)
+{
+    if (d == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the monitor's op table is gone");
+        return -1;
+    }
+    return PyDict_CheckExact(d) ? PyDict_SetItem(d, k, v) : PyObject_SetItem(d, k, v);
+}
+
+/* remove d[k]; 1 if it was there, 0 if not, -1 on error */
+static int
+dict_discard(PyObject *d, PyObject *k)
+{
+    if (d == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the monitor's op table is gone");
+        return -1;
+    }
+    if (PyDict_CheckExact(d)) {
+        PyObject *v = PyDict_GetItemWithError(d, k);
+        if (v == NULL)
+            return PyErr_Occurred() ? -1 : 0;
+        return PyDict_DelItem(d, k) < 0 ? -1 : 1;
+    }
+    if (PyObject_DelItem(d, k) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_KeyError)) {
+            PyErr_Clear();
+            return 0;
+        }
+        return -1;
+    }
+    return 1;
+}
+
+static int
+core_init(CoreObject *m, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"ring_capacity", NULL};
+    long long cap = 1 << 16;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|L:MonitorCore", kwlist, &cap))
+        return -1;
+    if (cap < 1 || cap > (1LL << 28)) {
+        PyErr_SetString(PyExc_ValueError, "ring_capacity must be between 1 and 2**28");
+        return -1;
+    }
+    if (m->ring != NULL)
+        return 0;   /* __init__ called twice: keep the ring */
+    m->ring = PyMem_Calloc((size_t)cap, sizeof(Slot));
+    if (m->ring == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    m->cap = cap;
+    m->seq_next = 1;
+    m->next_seq = 1;
+    return 0;
+}
+
+static PyObject *
+core_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    CoreObject *m = (CoreObject *)type->tp_alloc(type, 0);
+    if (m == NULL)
+        return NULL;
+    m->outstanding = PyDict_New();
+    m->buffers = PyDict_New();
+    if (m->outstanding == NULL || m->buffers == NULL) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return (PyObject *)m;
+}
+
+static int
+core_traverse(CoreObject *m, visitproc visit, void *arg)
+{
+    Py_VISIT(m->outstanding);
+    Py_VISIT(m->buffers);
+    return 0;
+}
+
+static int
+core_clear(CoreObject *m)
+{
+    Py_CLEAR(m->outstanding);
+    Py_CLEAR(m->buffers);
+    return 0;
+}
+
+static void
+core_dealloc(CoreObject *m)
+{
+    /* a heap subtype's (Monitor's) type reference is dropped by subtype_dealloc, not here */
+    PyObject_GC_UnTrack(m);
+    core_clear(m);
+    if (m->ring != NULL) {
+        for (long long i = 0; i < m->cap; i++)
+            Py_XDECREF(m->ring[i].s);
+        PyMem_Free(m->ring);
+        m->ring = NULL;
+    }
+    Py_TYPE(m)->tp_free((PyObject *)m);
+}
+
+/* op_inline(kind, fd, requested, nbytes): an op submitted and completed in the same call */
+static PyObject *
+core_op_inline(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    long long kind, fd, requested, nbytes;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "op_inline(kind, fd, requested, nbytes)");
+        goto error;
+    }
+    if (as_ll(args[0], &kind) || as_ll(args[1], &fd) || as_ll(args[2], &requested)
+        || as_ll(args[3], &nbytes))
+        goto error;
+    long long seq = m->seq_next++;
+    m->ops_inline++;
+    int d = (kind >= 0 && kind < N_KINDS) ? DIRECTION[kind] : 0;
+    if (d == 2)
+        m->bytes_sent += nbytes;
+    else if (d == 1)
+        m->bytes_received += nbytes;
+    put(m, seq, EV_OP_INLINE, now(), EMPTY_STR, seq, kind, fd, requested, OUTCOME_COMPLETED,
+        nbytes, 0);
+    Py_RETURN_NONE;
+error:
+    note_error(m);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+start(CoreObject *m, PyObject *const *args, Py_ssize_t nargs, int pinned)
+{
+    long long kind, fd, requested, size = 0;
+    if (nargs != (pinned ? 4 : 3)) {
+        PyErr_SetString(PyExc_TypeError, pinned ? "op_start_pinned(kind, fd, requested, size)"
+                                                : "op_start(kind, fd, requested)");
+        goto error;
+    }
+    if (as_ll(args[0], &kind) || as_ll(args[1], &fd) || as_ll(args[2], &requested)
+        || (pinned && as_ll(args[3], &size)))
+        goto error;
+    double t = now();
+    long long seq = m->seq_next;
+    OpRecordObject *r = oprecord_alloc();
+    if (r == NULL)
+        goto error;
+    r->op_id = seq;
+    r->kind = kind;
+    r->fd = fd;
+    r->requested = requested;
+    r->submit_t = t;
+    r->buffer_id = pinned ? seq + 1 : 0;
+    r->buffer_size = pinned ? size : 0;
+    r->buffer_pin_t = pinned ? t : 0.0;
+    PyObject *key = PyLong_FromLongLong(seq);
+    if (key == NULL || dict_set(m->outstanding, key, (PyObject *)r) < 0) {
+        Py_XDECREF(key);
+        Py_DECREF(r);
+        goto error;
+    }
+    Py_DECREF(key);
+    m->ops_pended++;
+    put(m, seq, EV_OP_SUBMIT, t, NULL, seq, kind, fd, requested, 0, 0, 0);
+    if (pinned) {
+        m->buffers_pinned++;
+        put(m, seq + 1, EV_BUF_PIN, t, NULL, seq + 1, seq, size, 0, 0, 0, 0);
+        m->seq_next = seq + 2;
+    }
+    else {
+        m->seq_next = seq + 1;
+    }
+    return (PyObject *)r;
+error:
+    note_error(m);
+    Py_RETURN_NONE;
+}
+
+/* op_start(kind, fd, requested) -> OpRecord: an op goes pending */
+static PyObject *
+core_op_start(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    return start(m, args, nargs, 0);
+}
+
+/* op_start_pinned(kind, fd, requested, size) -> OpRecord: op_start + buffer_pin(rec, size) */
+static PyObject *
+core_op_start_pinned(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    return start(m, args, nargs, 1);
+}
+
+/* op_cancel(rec): a cancel was requested (the op stays in flight) */
+static PyObject *
+core_op_cancel(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "op_cancel(rec)");
+        goto error;
+    }
+    PyObject *o = args[0];
+    if (o == Py_None)
+        Py_RETURN_NONE;
+    if (!OpRecord_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "op_cancel() wants an OpRecord, not %.100s",
+                     Py_TYPE(o)->tp_name);
+        goto error;
+    }
+    OpRecordObject *r = (OpRecordObject *)o;
+    if (r->cancel_t != 0.0)
+        Py_RETURN_NONE;
+    double t = now();
+    r->cancel_t = t;
+    m->cancel_requests++;
+    long long seq = m->seq_next++;
+    put(m, seq, EV_OP_CANCEL, t, NULL, r->op_id, 0, 0, 0, 0, 0, 0);
+    Py_RETURN_NONE;
+error:
+    note_error(m);
+    Py_RETURN_NONE;
+}
+
+/* op_end(rec, outcome, nbytes=0, error="", flags=0, keep_buffer=False) */
+static PyObject *
+core_op_end(CoreObject *m, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *names[] = {"rec", "outcome", "nbytes", "error", "flags", "keep_buffer"};
+    PyObject *a[6] = {NULL, NULL, NULL, NULL, NULL, NULL};
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs > 6) {
+        PyErr_SetString(PyExc_TypeError, "op_end() takes at most 6 arguments");
+        goto error;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        a[i] = args[i];
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, k);
+        int found = 0;
+        for (int j = 0; j < 6; j++) {
+            if (PyUnicode_CompareWithASCIIString(name, names[j]) == 0) {
+                if (a[j] != NULL) {
+                    PyErr_Format(PyExc_TypeError, "op_end() got %s twice", names[j]);
+                    goto error;
+                }
+                a[j] = args[nargs + k];
+                found = 1;
+                break;
+            }
+        }
+        if (!found) {
+            PyErr_Format(PyExc_TypeError, "op_end() got an unexpected keyword %R", name);
+            goto error;
+        }
+    }
+    if (a[0] == NULL || a[1] == NULL) {
+        PyErr_SetString(PyExc_TypeError, "op_end(rec, outcome, ...)");
+        goto error;
+    }
+    if (a[0] == Py_None)
+        Py_RETURN_NONE;
+    if (!OpRecord_Check(a[0])) {
+        PyErr_Format(PyExc_TypeError, "op_end() wants an OpRecord, not %.100s",
+                     Py_TYPE(a[0])->tp_name);
+        goto error;
+    }
+    OpRecordObject *r = (OpRecordObject *)a[0];
+    long long outcome, nbytes = 0, flags = 0;
+    if (as_ll(a[1], &outcome) || (a[2] && as_ll(a[2], &nbytes)) || (a[4] && as_ll(a[4], &flags)))
+        goto error;
+    PyObject *err = a[3] ? a[3] : EMPTY_STR;
+    int keep = 0;
+    if (a[5] && (keep = PyObject_IsTrue(a[5])) < 0)
+        goto error;
+
+    long long op_id = r->op_id;
+    PyObject *key = PyLong_FromLongLong(op_id);
+    if (key == NULL)
+        goto error;
+    int had = dict_discard(m->outstanding, key);
+    Py_DECREF(key);
+    if (had < 0)
+        goto error;
+    if (had == 0)
+        Py_RETURN_NONE;       /* ended twice, or drained at close already */
+    double t = now();
+    if (r->cancel_t != 0.0) {
+        flags |= FLAG_CANCEL_REQUESTED;
+        if (outcome == OUTCOME_COMPLETED) {
+            flags |= FLAG_LATE_COMPLETION;
+            m->late_completions++;
+        }
+    }
+    if (outcome == OUTCOME_COMPLETED)
+        m->ended_completed++;
+    else if (outcome == OUTCOME_CANCELLED)
+        m->ops_cancelled++;
+    else
+        m->ended_failed++;
+    if (nbytes) {
+        int d = (r->kind >= 0 && r->kind < N_KINDS) ? DIRECTION[r->kind] : 0;
+        if (d == 1)
+            m->bytes_received += nbytes;
+        else if (d == 2)
+            m->bytes_sent += nbytes;
+    }
+    long long seq = m->seq_next;
+    put(m, seq++, EV_OP_END, t, err, op_id, outcome, nbytes, 0, flags, 0, 0);
+    if ((flags & FLAG_DISCARDED) && nbytes) {
+        m->bytes_discarded += nbytes;
+        put(m, seq++, EV_DISCARD, t, NULL, op_id, nbytes, 0, 0, 0, 0, 0);
+    }
+    m->seq_next = seq;
+    if (r->buffer_id) {
+        if (keep) {
+            /* held past the op's end (only a buffer-leak fault asks): Python's _keep_buffer
+               moves it into the buffer table */
+            PyObject *res = PyObject_CallMethod((PyObject *)m, "_keep_buffer", "Od",
+                                                (PyObject *)r, t);
+            if (res == NULL)
+                goto error;
+            Py_DECREF(res);
+        }
+        else {
+            long long buf_id = r->buffer_id;
+            r->buffer_id = 0;
+            seq = m->seq_next++;
+            put(m, seq, EV_BUF_RELEASE, t, NULL, buf_id, 0, 0, 0, 0, 0, 0);
+        }
+    }
+    Py_RETURN_NONE;
+error:
+    note_error(m);
+    Py_RETURN_NONE;
+}
+
+/* delivered(nbytes): received bytes handed to a protocol or returned to a caller */
+static PyObject *
+core_delivered(CoreObject *m, PyObject *arg)
+{
+    long long n;
+    if (as_ll(arg, &n)) {
+        note_error(m);
+        Py_RETURN_NONE;
+    }
+    m->bytes_delivered += n;
+    Py_RETURN_NONE;
+}
+
+/* _emit(code, t, *fields) -> seq: an event from the Python side (rare paths).  Raises on a
+   layout mismatch -- the Python callers catch it like any instrumentation error. */
+static PyObject *
+core_emit(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    long long code, f[MAX_FIELDS] = {0};
+    PyObject *s = NULL;
+    if (nargs < 2 || as_ll(args[0], &code))
+        return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_TypeError, "_emit(code, t, *fields)");
+    if (code < 1 || code > MAX_CODE || nargs - 2 != NFIELDS[code])
+        return PyErr_Format(PyExc_ValueError, "_emit: event code %lld does not take %zd fields",
+                            code, nargs - 2);
+    double t = PyFloat_AsDouble(args[1]);
+    if (t == -1.0 && PyErr_Occurred())
+        return NULL;
+    for (Py_ssize_t i = 0; i < nargs - 2; i++) {
+        if (i == STRPOS[code])
+            s = args[2 + i];
+        else if (as_ll(args[2 + i], &f[i]))
+            return NULL;
+    }
+    long long seq = m->seq_next++;
+    put(m, seq, (int)code, t, s, f[0], f[1], f[2], f[3], f[4], f[5], f[6]);
+    return PyLong_FromLongLong(seq);
+}
+
+/* drain(max_items=2**30) -> list of event tuples; single consumer (see the header) */
+static PyObject *
+core_drain(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    long long max_items = 1LL << 30;
+    if (nargs > 1)
+        return PyErr_Format(PyExc_TypeError, "drain(max_items=2**30)");
+    if (nargs == 1 && as_ll(args[0], &max_items))
+        return NULL;
+    long long avail = m->seq_next - m->next_seq;
+    if (avail > m->cap) {
+        m->events_dropped += avail - m->cap;
+        m->next_seq = m->seq_next - m->cap;
+        avail = m->cap;
+    }
+    long long n = avail < max_items ? avail : max_items;
+    if (n <= 0)
+        return PyList_New(0);
+    /* copy first (strings increfed): building objects below may let the loop thread in */
+    Slot *copy = PyMem_Malloc((size_t)n * sizeof(Slot));
+    if (copy == NULL)
+        return PyErr_NoMemory();
+    long long first = m->next_seq;
+    for (long long i = 0; i < n; i++) {
+        copy[i] = m->ring[(unsigned long long)(first + i) % (unsigned long long)m->cap];
+        Py_XINCREF(copy[i].s);
+    }
+    m->next_seq = first + n;
+    PyObject *out = PyList_New((Py_ssize_t)n);
+    long long i = 0;
+    if (out == NULL)
+        goto fail;
+    for (; i < n; i++) {
+        Slot *sl = &copy[i];
+        int code = (sl->code >= 1 && sl->code <= MAX_CODE) ? sl->code : 0;
+        int nf = NFIELDS[code];
+        PyObject *tup = PyTuple_New(3 + nf);
+        if (tup == NULL)
+            goto fail;
+        PyList_SET_ITEM(out, (Py_ssize_t)i, tup);
+        PyObject *o;
+        if ((o = PyLong_FromLongLong(sl->seq)) == NULL)
+            goto fail;
+        PyTuple_SET_ITEM(tup, 0, o);
+        if ((o = PyLong_FromLong(sl->code)) == NULL)
+            goto fail;
+        PyTuple_SET_ITEM(tup, 1, o);
+        if ((o = PyFloat_FromDouble(sl->t)) == NULL)
+            goto fail;
+        PyTuple_SET_ITEM(tup, 2, o);
+        for (int j = 0; j < nf; j++) {
+            if (j == STRPOS[code]) {
+                o = sl->s ? sl->s : EMPTY_STR;
+                Py_INCREF(o);
+            }
+            else if ((o = PyLong_FromLongLong(sl->f[j])) == NULL)
+                goto fail;
+            PyTuple_SET_ITEM(tup, 3 + j, o);
+        }
+    }
+    for (i = 0; i < n; i++)
+        Py_XDECREF(copy[i].s);
+    PyMem_Free(copy);
+    return out;
+fail:
+    for (i = 0; i < n; i++)
+        Py_XDECREF(copy[i].s);
+    PyMem_Free(copy);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+/* events_queued() -> how many events a drain() would return now (at most the capacity) */
+static PyObject *
+core_events_queued(CoreObject *m, PyObject *unused)
+{
+    long long avail = m->seq_next - m->next_seq;
+    return PyLong_FromLongLong(avail > m->cap ? m->cap : avail);
+}
+
+static PyMethodDef core_methods[] = {
+    {"op_inline", (PyCFunction)(void (*)(void))core_op_inline, METH_FASTCALL,
+     "op_inline(kind, fd, requested, nbytes): an op completed inside its submission call."},
+    {"op_start", (PyCFunction)(void (*)(void))core_op_start, METH_FASTCALL,
+     "op_start(kind, fd, requested) -> OpRecord: an op goes pending."},
+    {"op_start_pinned", (PyCFunction)(void (*)(void))core_op_start_pinned, METH_FASTCALL,
+     "op_start_pinned(kind, fd, requested, size) -> OpRecord: op_start + buffer_pin."},
+    {"op_cancel", (PyCFunction)(void (*)(void))core_op_cancel, METH_FASTCALL,
+     "op_cancel(rec): a cancel was requested; the op stays in flight."},
+    {"op_end", (PyCFunction)(void (*)(void))core_op_end, METH_FASTCALL | METH_KEYWORDS,
+     "op_end(rec, outcome, nbytes=0, error='', flags=0, keep_buffer=False): a pending op ended."},
+    {"delivered", (PyCFunction)core_delivered, METH_O,
+     "delivered(nbytes): received bytes handed to a protocol or returned to a caller."},
+    {"_emit", (PyCFunction)(void (*)(void))core_emit, METH_FASTCALL,
+     "_emit(code, t, *fields) -> seq: record an event built on the Python side."},
+    {"drain", (PyCFunction)(void (*)(void))core_drain, METH_FASTCALL,
+     "drain(max_items=2**30) -> list of event tuples.  Single consumer."},
+    {"events_queued", (PyCFunction)core_events_queued, METH_NOARGS,
+     "events_queued() -> events a drain() would return now."},
+    {NULL}
+};
+
+#define CORE_LL(name, field) {name, T_LONGLONG, offsetof(CoreObject, field), 0, NULL}
+static PyMemberDef core_members[] = {
+    {"ring_capacity", T_LONGLONG, offsetof(CoreObject, cap), READONLY, NULL},
+    {"_seq_next", T_LONGLONG, offsetof(CoreObject, seq_next), READONLY, NULL},
+    {"_next_seq", T_LONGLONG, offsetof(CoreObject, next_seq), READONLY, NULL},
+    {"_outstanding", T_OBJECT_EX, offsetof(CoreObject, outstanding), 0, NULL},
+    {"_buffers", T_OBJECT_EX, offsetof(CoreObject, buffers), 0, NULL},
+    CORE_LL("ops_inline", ops_inline),
+    CORE_LL("_ops_pended", ops_pended),
+    CORE_LL("_inline_failed", inline_failed),
+    CORE_LL("_ended_completed", ended_completed),
+    CORE_LL("_ended_failed", ended_failed),
+    CORE_LL("ops_cancelled", ops_cancelled),
+    CORE_LL("cancel_requests", cancel_requests),
+    CORE_LL("late_completions", late_completions),
+    CORE_LL("bytes_received", bytes_received),
+    CORE_LL("bytes_delivered", bytes_delivered),
+    CORE_LL("bytes_discarded", bytes_discarded),
+    CORE_LL("bytes_abandoned", bytes_abandoned),
+    CORE_LL("bytes_sent", bytes_sent),
+    CORE_LL("buffers_pinned", buffers_pinned),
+    CORE_LL("events_dropped", events_dropped),
+    CORE_LL("instrumentation_errors", instrumentation_errors),
+    {NULL}
+};
+
+static PyTypeObject Core_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "_loopmon_speedups.MonitorCore",
+    .tp_doc = "The Monitor's hot path and event ring (see loopmon.monitor.recorder).",
+    .tp_basicsize = sizeof(CoreObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = core_new,
+    .tp_init = (initproc)core_init,
+    .tp_dealloc = (destructor)core_dealloc,
+    .tp_traverse = (traverseproc)core_traverse,
+    .tp_clear = (inquiry)core_clear,
+    .tp_methods = core_methods,
+    .tp_members = core_members,
+};
+
+/* _set_directions(seq): per kind, 0 (no byte accounting), 1 (received) or 2 (sent) */
+static PyObject *
+mod_set_directions(PyObject *mod, PyObject *seq)
+{
+    PyObject *fast = PySequence_Fast(seq, "_set_directions wants a sequence");
+    if (fast == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    unsigned char tmp[N_KINDS] = {0};
+    for (Py_ssize_t i = 0; i < n && i < N_KINDS; i++) {
+        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (v == -1 && PyErr_Occurred()) {
+            Py_DECREF(fast);
+            return NULL;
+        }
+        tmp[i] = (unsigned char)(v == 1 ? 1 : v == 2 ? 2 : 0);
+    }
+    Py_DECREF(fast);
+    memcpy(DIRECTION, tmp, sizeof(tmp));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"_set_directions", mod_set_directions, METH_O,
+     "_set_directions(seq): per op kind, 0 none, 1 received, 2 sent."},
+    {NULL}
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT, "_loopmon_speedups",
+    "loopmon's Monitor hot path and event ring in C (see loopmon/monitor/_speedups.c).",
+    -1, module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__loopmon_speedups(void)
+{
+    if (PyType_Ready(&OpRecord_Type) < 0 || PyType_Ready(&Core_Type) < 0)
+        return NULL;
+    EMPTY_STR = PyUnicode_FromString("");
+    if (EMPTY_STR == NULL)
+        return NULL;
+    PyObject *m = PyModule_Create(&speedups_module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&OpRecord_Type);
+    Py_INCREF(&Core_Type);
+    if (PyModule_AddObject(m, "OpRecord", (PyObject *)&OpRecord_Type) < 0
+        || PyModule_AddObject(m, "MonitorCore", (PyObject *)&Core_Type) < 0
+        || PyModule_AddIntConstant(m, "ABI_VERSION", ABI_VERSION) < 0)
+        goto fail;
+    PyObject *constants = Py_BuildValue(
+        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
+        "EV_OP_INLINE", EV_OP_INLINE, "EV_OP_SUBMIT", EV_OP_SUBMIT,
+        "EV_OP_CANCEL", EV_OP_CANCEL, "EV_OP_END", EV_OP_END, "EV_BUF_PIN", EV_BUF_PIN,
+        "EV_BUF_RELEASE", EV_BUF_RELEASE, "EV_DISCARD", EV_DISCARD,
+        "OUTCOME_COMPLETED", OUTCOME_COMPLETED, "OUTCOME_CANCELLED", OUTCOME_CANCELLED,
+        "FLAG_CANCEL_REQUESTED", FLAG_CANCEL_REQUESTED,
+        "FLAG_LATE_COMPLETION", FLAG_LATE_COMPLETION, "FLAG_DISCARDED", FLAG_DISCARDED);
+    if (constants == NULL || PyModule_AddObject(m, "CONSTANTS", constants) < 0) {
+        Py_XDECREF(constants);
+        goto fail;
+    }
+    return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
+}

@@ -1,0 +1,243 @@
+"""The Monitor's two cores -- C (``_loopmon_speedups``) and pure Python -- record the same.
+
+Every test runs on both cores; a differential test drives both with the same random
+sequence of op transitions and compares the events and counters they end up with.  The rest
+of the suite exercises whichever core the install built (C on CI's 3.11; CI runs 3.10 with
+``LOOPMON_PURE_PYTHON=1``).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from loopmon.monitor import events as ev
+from loopmon.monitor import recorder
+
+CORES = [pytest.param(recorder.PyMonitor, id="python"),
+         pytest.param(recorder.CMonitor, id="c",
+                      marks=pytest.mark.skipif(recorder.CMonitor is None,
+                                               reason="the C core is not built"))]
+
+
+def _strip_time(events):
+    return [e[:2] + e[3:] for e in events]
+
+
+@pytest.mark.parametrize("Mon", CORES)
+def test_op_lifecycle_events_and_counters(Mon):
+    mon = Mon(ring_capacity=64, backend="test")
+    mon.op_inline(ev.KIND_SEND, 5, 100, 100)
+    rec = mon.op_start_pinned(ev.KIND_RECV_INTO, 5, 4096, 4096)
+    assert rec.op_id == 2 and rec.buffer_id == 3 and rec.buf_id == 3 and rec.size == 4096
+    snap = mon.snapshot()
+    assert snap.ops_outstanding == 1 and snap.buffers_live == 1 and snap.buffer_bytes_live == 4096
+    [info] = mon.outstanding()
+    assert info.kind == "recv_into" and info.fd == 5 and info.age >= 0
+    mon.op_cancel(rec)
+    mon.op_cancel(rec)                       # a second request records nothing
+    mon.op_end(rec, ev.OUTCOME_COMPLETED, 10, flags=ev.FLAG_DISCARDED)
+    mon.op_end(rec, ev.OUTCOME_COMPLETED, 10)  # ended twice: ignored
+    mon.delivered(7)
+    got = _strip_time(mon.drain())
+    assert got == [
+        (1, ev.EV_OP_INLINE, 1, ev.KIND_SEND, 5, 100, ev.OUTCOME_COMPLETED, 100, ""),
+        (2, ev.EV_OP_SUBMIT, 2, ev.KIND_RECV_INTO, 5, 4096),
+        (3, ev.EV_BUF_PIN, 3, 2, 4096),
+        (4, ev.EV_OP_CANCEL, 2),
+        (5, ev.EV_OP_END, 2, ev.OUTCOME_COMPLETED, 10, "",
+         ev.FLAG_DISCARDED | ev.FLAG_CANCEL_REQUESTED | ev.FLAG_LATE_COMPLETION),
+        (6, ev.EV_DISCARD, 2, 10),
+        (7, ev.EV_BUF_RELEASE, 3),
+    ]
+    snap = mon.snapshot()
+    assert (snap.ops_submitted, snap.ops_completed, snap.ops_outstanding) == (2, 2, 0)
+    assert (snap.bytes_sent, snap.bytes_received, snap.bytes_delivered,
+            snap.bytes_discarded) == (100, 10, 7, 10)
+    assert snap.late_completions == 1 and snap.cancel_requests == 1
+    assert snap.buffers_live == 0 and snap.instrumentation_errors == 0
+
+
+@pytest.mark.parametrize("Mon", CORES)
+def test_timestamps_are_time_monotonic(Mon):
+    import time
+    mon = Mon()
+    t0 = time.monotonic()
+    mon.op_inline(ev.KIND_SEND, 1, 1, 1)
+    t1 = time.monotonic()
+    [(_, _, t, *_)] = mon.drain()
+    assert t0 - 1e-6 <= t <= t1 + 1e-6
+
+
+@pytest.mark.parametrize("Mon", CORES)
+def test_ring_overflow_counts_drops_and_keeps_newest(Mon):
+    mon = Mon(ring_capacity=8)
+    for i in range(20):
+        mon.op_inline(ev.KIND_SEND, 1, i, i)
+    assert mon.events_queued() == 8
+    first = mon.drain(3)
+    assert [e[0] for e in first] == [13, 14, 15] and mon.events_dropped == 12
+    rest = mon.drain()
+    assert [e[0] for e in rest] == [16, 17, 18, 19, 20] and mon.events_queued() == 0
+    assert mon.drain() == [] and mon.events_dropped == 12
+    mon.op_inline(ev.KIND_SEND, 1, 1, 1)
+    assert [e[0] for e in mon.drain()] == [21] and mon.snapshot().events_dropped == 12
+
+
+@pytest.mark.parametrize("Mon", CORES)
+def test_kept_buffer_outlives_its_op_until_released(Mon):
+    mon = Mon()
+    rec = mon.op_start_pinned(ev.KIND_SEND, 4, 1000, 1000)
+    mon.op_end(rec, ev.OUTCOME_FAILED, 0, "BrokenPipeError", keep_buffer=True)
+    [buf] = mon.live_buffers()
+    assert buf.size == 1000 and buf.op_id == rec.op_id and buf.held_after_op_end >= 0
+    assert mon.snapshot().ops_failed == 1
+    mon.buffer_release(rec)
+    assert mon.live_buffers() == []
+    codes = [e[1] for e in mon.drain()]
+    assert codes == [ev.EV_OP_SUBMIT, ev.EV_BUF_PIN, ev.EV_OP_END, ev.EV_BUF_RELEASE]
+
+
+@pytest.mark.parametrize("Mon", CORES)
+def test_rare_events_and_close(Mon):
+    mon = Mon()
+    mon.op_failed_inline(ev.KIND_CONNECT, 3, 0, ConnectionRefusedError())
+    rec = mon.op_start(ev.KIND_ACCEPT, 6, 0)
+    mon.buffer_pin(rec, 256)
+    mon.discarded(5, rec.op_id)
+    mon.abandoned(9)
+    mon.record_lag(0.25)
+    mon.drain_at_close()
+    got = _strip_time(mon.drain())
+    assert got[0] == (1, ev.EV_OP_INLINE, 1, ev.KIND_CONNECT, 3, 0, ev.OUTCOME_FAILED, 0,
+                      "ConnectionRefusedError")
+    assert [e[1] for e in got] == [ev.EV_OP_INLINE, ev.EV_OP_SUBMIT, ev.EV_BUF_PIN,
+                                   ev.EV_DISCARD, ev.EV_OP_END, ev.EV_BUF_RELEASE]
+    assert got[4][-1] == ev.FLAG_DRAINED_AT_CLOSE
+    snap = mon.snapshot()
+    assert snap.closed and snap.ops_outstanding == 0 and snap.buffers_live == 0
+    assert snap.ops_failed == 1 and snap.ops_cancelled == 1
+    assert snap.bytes_discarded == 5 and snap.bytes_abandoned == 9 and snap.loop_lag == 0.25
+
+
+@pytest.mark.parametrize("Mon", CORES)
+def test_bad_calls_are_swallowed_and_counted(Mon):
+    mon = Mon()
+    mon.op_inline(ev.KIND_SEND, 1, 1, None)
+    mon.op_end(object(), ev.OUTCOME_COMPLETED)
+    mon.op_cancel(42)
+    mon.delivered("x")
+    mon.op_end(None, ev.OUTCOME_COMPLETED)      # a failed op_start's None: silently nothing
+    mon.op_cancel(None)
+    snap = mon.snapshot()
+    assert snap.instrumentation_errors == 4, snap
+    assert snap.last_instrumentation_error.startswith("TypeError")   # from delivered("x")
+    assert snap.bytes_delivered == 0
+
+
+@pytest.mark.parametrize("Mon", CORES)
+def test_failing_table_is_swallowed(Mon):
+    class Exploding(dict):
+        def __setitem__(self, key, value):
+            raise MemoryError("table exploded")
+
+    mon = Mon()
+    mon._outstanding = Exploding()
+    assert mon.op_start_pinned(ev.KIND_RECV, 1, 10, 10) is None
+    assert mon.instrumentation_errors == 1
+    assert "table exploded" in mon.last_instrumentation_error
+    assert mon.drain() == []
+
+
+@pytest.mark.parametrize("Mon", CORES)
+def test_emit_checks_the_layout(Mon):
+    mon = Mon()
+    if Mon is recorder.CMonitor:
+        with pytest.raises(ValueError):
+            mon._emit(ev.EV_OP_CANCEL, 1.0, 1, 2)
+    mon.discarded(3)    # goes through _emit with the right layout
+    [(_, code, _, op_id, n)] = mon.drain()
+    assert (code, op_id, n) == (ev.EV_DISCARD, 0, 3)
+
+
+# one step of a random op history: (action, a, b)
+_steps = st.lists(st.tuples(st.sampled_from(["inline", "start", "pinned", "cancel", "end",
+                                             "end_keep", "release", "deliver", "drain"]),
+                            st.integers(0, 11), st.integers(0, 1 << 20)),
+                  max_size=60)
+
+
+@pytest.mark.skipif(recorder.CMonitor is None, reason="the C core is not built")
+@settings(max_examples=150, deadline=None)
+@given(_steps, st.integers(1, 40))
+def test_both_cores_record_the_same_history(steps, capacity):
+    mons = [recorder.PyMonitor(ring_capacity=capacity), recorder.CMonitor(ring_capacity=capacity)]
+    recs: list[list] = [[], []]
+    drained: list[list] = [[], []]
+    for action, kind, n in steps:
+        for i, mon in enumerate(mons):
+            live = recs[i]
+            if action == "inline":
+                mon.op_inline(kind, 3, n, n)
+            elif action in ("start", "pinned"):
+                live.append(mon.op_start(kind, 3, n) if action == "start"
+                            else mon.op_start_pinned(kind, 3, n, n))
+            elif action == "cancel" and live:
+                mon.op_cancel(live[n % len(live)])
+            elif action in ("end", "end_keep") and live:
+                mon.op_end(live.pop(n % len(live)), 1 + n % 3, n % 5000,
+                           "" if n % 3 != 2 else "OSError", n & ev.FLAG_DISCARDED,
+                           keep_buffer=action == "end_keep")
+            elif action == "release" and live:
+                mon.buffer_release(live[n % len(live)])
+            elif action == "deliver":
+                mon.delivered(n)
+            elif action == "drain":
+                drained[i] += _strip_time(mon.drain(n % 7 + 1))
+    for i, mon in enumerate(mons):
+        drained[i] += _strip_time(mon.drain())
+    assert drained[0] == drained[1]
+    a, b = (m.snapshot() for m in mons)
+    for field in ("ops_outstanding", "ops_outstanding_by_kind", "ops_submitted", "ops_completed",
+                  "ops_cancelled", "ops_failed", "bytes_received", "bytes_delivered",
+                  "bytes_sent", "bytes_discarded", "buffers_live", "buffer_bytes_live",
+                  "events_dropped", "cancel_requests", "late_completions",
+                  "instrumentation_errors"):
+        assert getattr(a, field) == getattr(b, field), field
+
+
+def test_c_core_constants_match_events():
+    if recorder.CMonitor is None:
+        pytest.skip("the C core is not built")
+    import _loopmon_speedups
+    for name, value in _loopmon_speedups.CONSTANTS.items():
+        assert getattr(ev, name) == value, name
+
+
+def test_c_core_is_built_where_a_compiler_exists():
+    """An install on a machine with a C compiler must get the C core (it is 'optional' so that
+    installs without one still work -- which must not hide a broken build everywhere)."""
+    if os.environ.get("LOOPMON_PURE_PYTHON", "").strip() not in ("", "0"):
+        assert recorder.IMPLEMENTATION == "python"
+        return
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        pytest.skip(f"no C compiler ({cc}) here: the pure-Python core is expected")
+    assert recorder.IMPLEMENTATION == "c", (
+        "the C core _loopmon_speedups is not importable: install the package (pip install .) "
+        "or, in a checkout, build it in place: python setup.py build_ext --inplace")
+
+
+def test_pure_python_switch_in_a_child_process():
+    env = dict(os.environ, LOOPMON_PURE_PYTHON="1",
+               PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    out = subprocess.run([sys.executable, "-c",
+                          "import loopmon.monitor as m; print(m.IMPLEMENTATION)"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "python", out.stderr
