@@ -4,6 +4,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def test_wheel_ships_resources_and_entry_points(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
         ".git", "build", "dist", "*.egg-info", "__pycache__", ".venv", ".pytest_cache",
-        ".hypothesis"))
+        ".hypothesis", "*.so"))
     out = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(src)],
         capture_output=True, text=True, timeout=300)
@@ -51,3 +52,9 @@ def test_wheel_ships_resources_and_entry_points(tmp_path):
     assert "loopmon = loopmon.cli:main" in text
     assert "loopmon-gui = app.main:main" in text
     assert not any(n.startswith(("tests/", "bench/")) for n in names)
+    # the C core is built into the wheel wherever a compiler exists (it is an optional
+    # extension: a failed build would otherwise pass unnoticed)
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc):
+        assert any(n.startswith("_loopmon_speedups") and n.endswith((".so", ".pyd"))
+                   for n in names), (names, out.stderr)
