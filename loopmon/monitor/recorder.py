@@ -100,6 +100,8 @@ class _MonitorCommon:
         self.last_instrumentation_error = ""
         # alerts raised by detectors (loopmon.detectors); bounded
         self.alerts: deque = deque(maxlen=1000)
+        # fd -> peer address of a connected transport, for the op table (note_peer)
+        self._peers: dict[int, str] = {}
 
     # counters kept as parts on the hot path (fewer increments per op), summed on read
     @property
@@ -190,6 +192,24 @@ class _MonitorCommon:
         except Exception as exc:
             self._note_error(exc)
 
+    def note_peer(self, fd: int, peer: str) -> None:
+        """``fd`` is a connection to ``peer``: shown beside its ops by ``outstanding()``.
+
+        Called once per connection (by the transports), not per op: ops carry only their fd,
+        and the peer is looked up when somebody reads the table.
+        """
+        try:
+            self._peers[fd] = peer
+        except Exception as exc:
+            self._note_error(exc)
+
+    def forget_peer(self, fd: int) -> None:
+        """The connection on ``fd`` is gone (the number may come back for another one)."""
+        try:
+            self._peers.pop(fd, None)
+        except Exception as exc:
+            self._note_error(exc)
+
     def _keep_buffer(self, rec, t: float) -> None:
         """``op_end(..., keep_buffer=True)``: the buffer outlives its op, into the table.
 
@@ -249,9 +269,10 @@ class _MonitorCommon:
         """In-flight ops, oldest first, with their ages in seconds."""
         now = _monotonic()
         ops = sorted(list(self._outstanding.values()), key=lambda r: r.submit_t)
+        peers = self._peers.copy()
         return [OpInfo(op_id=r.op_id, kind=kind_name(r.kind), fd=r.fd, requested=r.requested,
                        buffer_size=r.buffer_size, age=now - r.submit_t,
-                       cancel_requested=bool(r.cancel_t), peer=r.peer)
+                       cancel_requested=bool(r.cancel_t), peer=r.peer or peers.get(r.fd))
                 for r in ops]
 
     def live_buffers(self) -> list[BufferInfo]:

@@ -241,3 +241,18 @@ def test_pure_python_switch_in_a_child_process():
                           "import loopmon.monitor as m; print(m.IMPLEMENTATION)"],
                          env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "python", out.stderr
+
+
+@pytest.mark.parametrize("Mon", CORES)
+def test_peers_noted_per_fd_show_in_outstanding(Mon):
+    mon = Mon()
+    mon.note_peer(9, "127.0.0.1:8080")
+    a = mon.op_start_pinned(ev.KIND_RECV_INTO, 9, 10, 10)
+    b = mon.op_start(ev.KIND_ACCEPT, 4, 0)
+    assert [(i.fd, i.peer) for i in mon.outstanding()] == [(9, "127.0.0.1:8080"), (4, None)]
+    mon.forget_peer(9)
+    mon.forget_peer(123)            # never noted: nothing happens
+    assert [i.peer for i in mon.outstanding()] == [None, None]
+    mon.op_end(a, ev.OUTCOME_COMPLETED, 1)
+    mon.op_end(b, ev.OUTCOME_CANCELLED)
+    assert mon.snapshot().instrumentation_errors == 0
