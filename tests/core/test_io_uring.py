@@ -540,7 +540,8 @@ def test_close_with_ops_in_flight(uloop):
     assert len(ends) == 2 and all(e[4] == OUTCOME_CANCELLED and e[7] & FLAG_DRAINED_AT_CLOSE
                                   for e in ends)
     assert all(f.cancelled() for f in pending)
-    assert not io_uring._ORPHANED and not proactor._inflight
+    from loopmon.backends.uring_memory import _ORPHANED
+    assert not _ORPHANED and not proactor._inflight
     for s in socks:
         s.close()
 
@@ -628,7 +629,8 @@ def test_recv_into_leaves_the_callers_buffer_alone_until_completion(uloop):
 def test_a_kernel_without_our_opcodes_is_unavailable(monkeypatch):
     if _UNAVAILABLE is not None:
         pytest.skip(f"io_uring unavailable here: {_UNAVAILABLE}")
-    monkeypatch.setattr(io_uring, "_NEEDED_OPS", {"FROM_THE_FUTURE": 250})
+    from loopmon.backends import uring_ring        # the kernel interface: probe and setup
+    monkeypatch.setattr(uring_ring, "_NEEDED_OPS", {"FROM_THE_FUTURE": 250})
     reason = io_uring.probe()
     assert reason and "IORING_OP_FROM_THE_FUTURE" in reason and "5.6" in reason
     with pytest.raises(io_uring.IoUringUnavailable):
