@@ -42,8 +42,9 @@ The choices made here
   host name, an address family we do not encode, an empty buffer, a buffer we cannot
   export) run on an embedded ``SelectorProactor`` whose epoll fd the ring polls
   (``uring_completion``).  Such ops are recorded by the fallback, on the same monitor.
-* **Every op method first asks the carry-over** (one dict truth test when nothing is
-  carried): a result carried over from a cancelled op completes the new op inline.
+* **Every receive and accept method first asks the carry-over** (one dict truth test when
+  nothing is carried): a result carried over from a cancelled op completes the new op
+  inline.
 * **``_stop_serving`` cancels now, in the kernel too**: a listening socket about to be
   closed must not keep an accept in flight that holds the file open.
 * **``close()`` cancels everything and waits for the CQEs** (up to 2 s) so every buffer

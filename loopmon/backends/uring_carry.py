@@ -5,10 +5,12 @@ The trap this module exists for (bpo-33694)
 On io_uring a cancel is only a request (``uring_ops``).  The op's own CQE still comes, and
 it may say ``-ECANCELED`` -- or it may carry data, because the receive finished in the
 kernel before the cancel got there.  That is the bpo-33694 trap, and here it is not a fault
-we inject: it is what the kernel does.  (It is no rare race either: the data arriving on a
-socket runs the waiting receive on the receiving thread's way back to user space, e.g.
-right after the ``send()`` of a socketpair's other end.)  The future is cancelled, so the
-result cannot go to its caller; dropping it loses bytes -- what pre-fix asyncio did.
+we inject: it is what the kernel does.  It is no rare race either: the kernel completes a
+waiting receive as soon as data arrives (at the latest, as task work, when the loop's
+thread next leaves a system call -- e.g. right after the ``send()`` to the other end of a
+socketpair), so a cancel that follows the data almost always finds the receive done.  The
+future is cancelled, so the result cannot go to its caller; dropping it loses bytes --
+what pre-fix asyncio did.
 
 So by default the late result -- bytes, a datagram, an accepted connection -- is *carried
 over* (``_carry_late`` -> ``_CarryOver``) and handed to the next receive or accept on the

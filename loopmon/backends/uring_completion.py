@@ -13,7 +13,7 @@ completes each op *inline*: ``_inflight[user_data]`` is the op (it is its own fu
 ``_complete`` sets the future's result, records ``op_end`` on the monitor (one clock read)
 and, for the transports' read loop, queues the op's persistent continuation handle
 (``_lm_then``) instead of a per-op done callback.  ``select`` returns an empty tuple: the
-base loop's "run the completed futures' callbacks" is already done through the futures.
+base loop does nothing with it (its ``_process_events`` is a no-op); the futures are done.
 
 What each CQE result becomes: a byte count (copied out of the pooled buffer for
 ``recv``/``recvfrom``, into the caller's buffer for a pooled ``recv_into``), an accepted fd

@@ -14,8 +14,9 @@ The mechanism
   keepalive in its ``_lm_keep`` slot until its CQE: that reference *is* the pin, and the
   monitor sees it as ``op_start_pinned`` ... ``op_end`` (or ``buffer_release``).
 * ``ReceiveBufferPoolMixin``: receives read into pooled ``ctypes`` buffers of ours
-  (``_pool_get``); ``_unpin`` -- called only once the op's CQE is in -- drops the op's
-  reference and returns a pooled buffer to the pool.  The pool is bounded three ways (4
+  (``_pool_get``); ``_unpin`` -- called only once the kernel is done with the op (its CQE
+  is in, or it never reached the kernel) -- drops the op's reference and returns a pooled
+  buffer to the pool.  The pool is bounded three ways (4
   buffers per size, 16 sizes, 4 MiB in all): memory first, a miss costs one allocation.
 * ``_MsgHdr``: one ``struct msghdr`` with its single ``iovec`` and 128 bytes of room for the
   peer address laid out behind it, so ``recvfrom``/``sendto`` pin one ctypes object.
