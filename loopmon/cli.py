@@ -18,6 +18,7 @@ import sys
 import time
 from typing import Any, Optional
 
+from .telemetry.event_budget import DEFAULT_EVENT_BUDGET
 from .telemetry.messages import Alert, Goodbye, Hello, History, Outstanding, Sample
 
 
@@ -38,6 +39,11 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="sampling period in milliseconds (default 50)")
     run.add_argument("--fault", action="append", default=[], metavar="NAME",
                      help="inject a fault (cancel-drops-data, send-keeps-buffer); repeatable")
+    run.add_argument("--event-budget", type=_event_budget, default=None, metavar="N",
+                     help="op events per second streamed to each client (and to --record); "
+                          "above it the events are thinned and the omitted count reported; "
+                          "0 = unlimited (default: $LOOPMON_EVENT_BUDGET, else "
+                          f"{DEFAULT_EVENT_BUDGET}; this option sets it for the run)")
     run.add_argument("-m", dest="module", metavar="MODULE",
                      help="run a library module; the arguments after it are the module's")
     run.add_argument("program", nargs="*", metavar="script.py [args ...]",
@@ -54,6 +60,18 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _event_budget(s: str) -> int:
+    """``--event-budget``: a whole number of op events/s per client, >= 0 (0 = unlimited)."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a whole number of events per second: {s!r} (0 = unlimited)") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (unlimited) or more: {s!r}")
+    return v
+
+
 def _positive_float(s: str) -> float:
     try:
         v = float(s)
@@ -64,7 +82,7 @@ def _positive_float(s: str) -> float:
     return v
 
 
-_RUN_OPTIONS_WITH_VALUE = ("--listen", "--record", "--sample-ms", "--fault")
+_RUN_OPTIONS_WITH_VALUE = ("--listen", "--record", "--sample-ms", "--fault", "--event-budget")
 
 
 def _split_run_argv(rest: list[str]) -> tuple[list[str], Optional[str], list[str]]:
@@ -147,7 +165,7 @@ def _cmd_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         run_program(script=script, module=args.module, args=prog_args, listen=args.listen,
                     listen_any=args.listen_any, record=args.record, sample_ms=args.sample_ms,
-                    faults=args.fault)
+                    faults=args.fault, event_budget=args.event_budget)
     except SystemExit as exc:          # the program's sys.exit(): its code is ours
         code = exc.code
         if code is None:

@@ -16,6 +16,12 @@ for loopmon (``loop_factory=loopmon.new_event_loop``, or their own ``loopmon.ins
 caught by wrapping ``loopmon.new_event_loop`` for the run.  (A program that installs some
 other policy, or passes another ``loop_factory``, runs unmonitored; that is its right.)
 
+Options that configure the monitor inside the program travel as the environment variables
+the library reads, set for the run: ``--fault`` is ``LOOPMON_FAULTS``, ``--event-budget N``
+is ``LOOPMON_EVENT_BUDGET=N`` (op events/s per client, 0 = unlimited), so the option and the
+variable mean exactly the same thing and the option wins over an inherited variable.  The
+program's own child processes inherit them, as they would have inherited the variables.
+
 The agent is bound *before* the program starts, so a bad ``--listen`` is a clean CLI error
 and not a failure inside the program; it is closed in a ``finally`` (socket and discovery
 file removed, clients told ``Goodbye``).
@@ -33,6 +39,7 @@ from typing import Any, Callable, Iterable, Optional
 from .telemetry.agent import Agent
 
 KNOWN_FAULTS = ("cancel-drops-data", "send-keeps-buffer")
+EVENT_BUDGET_ENV = "LOOPMON_EVENT_BUDGET"     # read by telemetry.event_budget.budget_from_env
 
 
 def _policy_class() -> type:
@@ -102,10 +109,19 @@ def start_agent(*, listen: Optional[str] = None, listen_any: bool = False,
 def run_program(*, script: Optional[str] = None, module: Optional[str] = None,
                 args: Iterable[str] = (), listen: Optional[str] = None, listen_any: bool = False,
                 record: Optional[str] = None, sample_ms: float = 50.0,
-                faults: Iterable[str] = ()) -> Any:
-    """Run the program in this process.  Returns normally, or lets its exceptions through."""
+                faults: Iterable[str] = (), event_budget: Optional[int] = None) -> Any:
+    """Run the program in this process.  Returns normally, or lets its exceptions through.
+
+    ``event_budget``: op events/s streamed to each client, 0 = unlimited; None leaves
+    ``LOOPMON_EVENT_BUDGET`` (or the default) in charge.
+    """
     args = list(args)
     faults = list(faults)
+    if event_budget is not None:
+        if type(event_budget) is not int or event_budget < 0:
+            raise ValueError(f"event_budget must be an int >= 0 (0 = unlimited), "
+                             f"not {event_budget!r}")
+        os.environ[EVENT_BUDGET_ENV] = str(event_budget)
     if faults:
         os.environ["LOOPMON_FAULTS"] = ",".join(faults)
     if script is not None:
