@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -207,13 +207,20 @@ def _echo_once(script: str, variant: str, rounds: int,
             p.kill()
 
 
-def bench_echo(rounds: int, per_conn: int, unlimited: bool = False) -> dict[str, Any]:
+VARIANT_NAMES = {"none": "no agent", "agent": "agent, no client", "client": "agent + client",
+                 "unlimited": UNLIMITED}
+
+
+def bench_echo(rounds: int, per_conn: int, unlimited: bool = False,
+               only: Optional[list[str]] = None) -> dict[str, Any]:
     runtime_dir = tempfile.mkdtemp(prefix="lmbench-")
     script = os.path.join(runtime_dir, "echo_child.py")
     Path(script).write_text(ECHO_CHILD)
     variants = ["no agent", "agent, no client", "agent + client"]
     if unlimited:
         variants.append(UNLIMITED)
+    if only:
+        variants = [VARIANT_NAMES[v] for v in only]
     times: dict[str, Any] = {v: [] for v in variants}
     cpu: dict[str, list] = {v: [] for v in variants}
     streamed: dict[str, list] = {v: [] for v in variants}
@@ -279,28 +286,35 @@ def main() -> None:
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--unlimited", action="store_true",
                     help="also run a streaming client with LOOPMON_EVENT_BUDGET=0 (every event)")
+    ap.add_argument("--only", default="",
+                    help="comma-separated echo variants to run, of: " + ", ".join(VARIANT_NAMES))
+    ap.add_argument("--skip-codec", action="store_true")
     args = ap.parse_args()
+    only = [v.strip() for v in args.only.split(",") if v.strip()]
+    unknown = [v for v in only if v not in VARIANT_NAMES]
+    if unknown:
+        ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANT_NAMES)}")
 
-    enc, dec, size = bench_codec()
     print("| benchmark | figure | goal |")
     print("|---|---|---|")
-    print(f"| op events encoded (agent, `wire.encode_op_events`) | {enc / 1e3:,.0f} k events/s "
-          f"({size:.1f} B/event) | >= 500 k/s |")
-    print(f"| op events decoded (client, `wire.FrameDecoder`) | {dec / 1e3:,.0f} k events/s "
-          f"| >= 500 k/s |", flush=True)
+    if not args.skip_codec:
+        enc, dec, size = bench_codec()
+        print(f"| op events encoded (agent, `wire.encode_op_events`) | {enc / 1e3:,.0f} k "
+              f"events/s ({size:.1f} B/event) | >= 500 k/s |")
+        print(f"| op events decoded (client, `wire.FrameDecoder`) | {dec / 1e3:,.0f} k events/s "
+              f"| >= 500 k/s |", flush=True)
 
     print(f"| machine load before the echo runs (`uptime`) | {_load()} | |", flush=True)
-    times = bench_echo(args.rounds, args.per_conn, args.unlimited)
+    times = bench_echo(args.rounds, args.per_conn, args.unlimited, only)
     variants = times["_variants"]
     med = {k: statistics.median(times[k]) for k in variants}
     n_msgs = N_CONNS * args.per_conn
-    base = med["agent, no client"]
     for v in variants:
-        ratio = med[v] / base
+        ratios = [f"{med[v] / med[ref]:.3f}x time of '{ref}'"
+                  for ref in ("agent, no client", "no agent") if ref in med]
         goal = "<= 1.05" if v == "agent + client" else ""
         print(f"| echo {N_CONNS} x 1 KiB, {v} (median of {args.rounds}) | "
-              f"{n_msgs / med[v]:,.0f} round trips/s, {ratio:.3f}x time of 'agent, no client', "
-              f"{med[v] / med['no agent']:.3f}x time of 'no agent' | {goal} |")
+              f"{n_msgs / med[v]:,.0f} round trips/s, {', '.join(ratios)} | {goal} |")
     cpu = times["_cpu"]
     for v in variants:
         loop_c = statistics.median(c[0] for c in cpu[v])

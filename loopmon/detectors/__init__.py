@@ -1,8 +1,9 @@
 """Detectors: turn the monitor's raw record into alerts a person can act on.
 
 They run inside the monitored process, on the telemetry collector's thread, so every client and
-every recording sees the same alerts.  Every ~10 ms the collector calls, for each detector,
-``observe(events)`` with the events it drained from the monitor's ring; once per sampling period
+every recording sees the same alerts.  Every ~10 ms the collector drains the monitor's ring and
+calls, for each detector that wants them (``wants_events``: most drains, none does),
+``observe(events)`` with the drained events; once per sampling period
 it calls ``evaluate(monitor, now)`` and appends the returned ``Alert`` messages to
 ``monitor.alerts`` and to the stream.  One module per alert kind:
 

@@ -35,6 +35,11 @@ class DetectorConfig:
     lost_gap_seconds: float = 10.0
     #: "read recently": fds seen in a receive op within this window count as readers
     lost_reader_window: float = 60.0
+    #: reading fds are only noted from drains after which the gap exceeds this: a healthy
+    #: program's gap is a few chunks in transit, and noting fds costs the loop's GIL time per
+    #: event.  Receives not noted hold at most this much between them (each was noted-free
+    #: only while the whole gap was below it), so the bound allows it on top.
+    lost_gap_track_above: int = 64 * 1024
 
     # --- leaked-buffer --------------------------------------------------------------------
     #: a buffer still held this long after its op ended is leaked

@@ -19,10 +19,11 @@ Evidence comes from two places: the table (always right, even if events were dro
 the count, bytes, buffer and op ids; the events give each leaking op's outcome and error type
 ("12 of them from failed sends: BrokenPipeError").
 
-Cost: ``observe`` runs on the collector thread, which shares the GIL with the monitored loop,
-for every event the loop records.  So it does no Python work per event: it keeps only the
-ends of ops that did *not* complete (failed, cancelled), picked from the tick's ``EV_OP_END``
-group with a C-level filter (``EventBatch``).  A leaked buffer whose op is not among them
+Cost: ``observe`` runs on the collector thread, which shares the GIL with the monitored loop.
+It keeps only the ends of ops that did *not* complete (failed, cancelled), so it asks for a
+drain's events only when the monitor's counters say it may hold one (``wants_events``;
+almost never on a healthy program), and then picks them from the ``EV_OP_END`` group with a
+C-level filter (``EventBatch``): no Python work per event.  A leaked buffer whose op is not among them
 completed (unless events were dropped, when its outcome is left out of the evidence).
 """
 from __future__ import annotations
@@ -61,6 +62,10 @@ class LeakedBufferDetector:
         self._known_leaked: set[int] = set()                  # buf ids already counted
         self.leaked_total = 0                                 # distinct buffers ever leaked
         self._next_check = 0.0
+
+    def wants_events(self, monitor: "Monitor", notable: bool) -> bool:
+        """Only a drain that may hold a failed or cancelled end (the counters moved)."""
+        return notable
 
     def observe(self, events: list[tuple]) -> None:
         """Remember how the ops that did not complete ended (C-level filter, no Python per event).

@@ -30,6 +30,9 @@ class LoopLagDetector:
         self.gate = AlertGate(config)
         self._next_check = 0.0
 
+    def wants_events(self, monitor: "Monitor", notable: bool) -> bool:
+        return False            # no events needed: the collector builds no batch for us
+
     def observe(self, events: list[tuple]) -> None:
         """Nothing to collect: lag samples are kept by the monitor."""
 

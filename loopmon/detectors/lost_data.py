@@ -29,11 +29,19 @@ Two signals
 Late completions that carried bytes and were *not* discarded are listed as evidence (bytes at
 risk) but are not an alert on their own: a correct backend delivers them.
 
-Cost: ``observe`` sees every event the loop records, on a thread that shares the GIL with the
-loop, so it tracks nothing per op.  Reading fds come from the tick's receive submits and
-inline receives (C-level filters); a receive in flight for long keeps its fd a reader through
-a walk of the monitor's in-flight table every few seconds; the kind of a cancelled op (only
-receives' late completions count) comes from the last ticks' submits, or from that table.
+Cost: the collector runs on a thread that shares the GIL with the loop, so this detector
+tracks nothing per op and asks for events only when it needs them (``wants_events``): when
+the monitor's counters say a drain may hold a cancel, a flagged end or a discard, or while
+the gap is above ``lost_gap_track_above`` (64 KiB).  A healthy program's gap is a few chunks
+in transit (the 1 KiB echo benchmark: at most 6 KiB), so it costs nothing per event.
+Reading fds come from the observed drains' receive submits and inline receives (C-level
+filters).  That misses only receives made while the whole gap was under the threshold --
+together they hold at most that much -- so the bound adds it.  A receive in flight for long
+keeps its fd a reader through a walk of the monitor's in-flight table every few seconds; the
+kind of a cancelled op (only receives' late completions count) comes from the observed
+drains' submits, or from that table (an op whose submit was in an unobserved drain and
+which ended before the next walk stays of unknown kind: its late bytes are left out of the
+evidence, never out of an alert).
 """
 from __future__ import annotations
 
@@ -87,6 +95,22 @@ class LostDataDetector:
         self._next_prune = 0.0
 
     # ------------------------------------------------------------------ events
+    def wants_events(self, monitor: "Monitor", notable: bool) -> bool:
+        """The collector asks after each drain: are these events needed?
+
+        Only if they may hold a cancel, a flagged end or a discard (``notable``, from the
+        counters), or if the gap is above ``lost_gap_track_above`` (reading fds matter then).
+        A healthy busy program is neither almost always: no per-event work at all.
+        """
+        if notable:
+            return True
+        try:
+            gap = (monitor.bytes_received - monitor.bytes_delivered - monitor.bytes_discarded
+                   - (getattr(monitor, "bytes_abandoned", 0) or 0))
+        except AttributeError:
+            return True
+        return gap > self.config.lost_gap_track_above
+
     def observe(self, events: list[tuple]) -> None:
         """Note reading fds, the kinds of cancelled ops, late completions and discards.
 
@@ -110,6 +134,8 @@ class LostDataDetector:
             readers.update(dict.fromkeys(
                 map(_fd_of, compress(inline, map(_IS_RECEIVE, map(_kind_of, inline)))), t))
         self._recent_submits.append(submits)
+        if not batch.notable:
+            return         # the counters say: no cancel, flagged end or discard in here
         cancels = batch.group(EV_OP_CANCEL)
         if cancels:
             self._note_cancels(set(map(_op_of, cancels)))
@@ -198,7 +224,7 @@ class LostDataDetector:
 
     def _check_gap(self, now: float, gap: int, evidence: dict):
         cfg = self.config
-        if gap <= cfg.lost_gap_hold_per_reader + cfg.lost_gap_slack:
+        if gap <= cfg.lost_gap_hold_per_reader + cfg.lost_gap_slack + cfg.lost_gap_track_above:
             self._gap_since = 0.0          # below the bound of a single reader: no need to look
             return None
         readers = self._reader_fds
@@ -207,7 +233,8 @@ class LostDataDetector:
             horizon = now - cfg.lost_reader_window
             for fd in [fd for fd, t in readers.items() if t < horizon]:
                 del readers[fd]
-        bound = cfg.lost_gap_hold_per_reader * max(1, len(readers)) + cfg.lost_gap_slack
+        bound = (cfg.lost_gap_hold_per_reader * max(1, len(readers)) + cfg.lost_gap_slack
+                 + cfg.lost_gap_track_above)
         if gap <= bound:
             self._gap_since = 0.0
             return None

@@ -71,6 +71,9 @@ class OpClimbDetector:
         self._cur_sum = 0.0
         self._cur_n = 0
 
+    def wants_events(self, monitor: "Monitor", notable: bool) -> bool:
+        return False            # no events needed: the collector builds no batch for us
+
     def observe(self, events: list[tuple]) -> None:
         """Nothing to collect: the count is sampled off the monitor in ``evaluate``."""
 

@@ -38,6 +38,9 @@ class StuckOpDetector:
         self._check_interval = min(config.stuck_check_interval, config.stuck_after / 4)
         self._next_check = 0.0
 
+    def wants_events(self, monitor: "Monitor", notable: bool) -> bool:
+        return False            # no events needed: the collector builds no batch for us
+
     def observe(self, events: list[tuple]) -> None:
         """Nothing to collect: the outstanding table has every age."""
 

@@ -20,6 +20,13 @@ The trick throughout the consumers is the same: pick columns with ``map(itemgett
 filter with ``compress``, and feed dicts and sets with ``update`` / ``difference_update`` /
 ``dict.fromkeys``: loops that run in C and never create a Python frame per event.
 
+``notable``: could the batch hold a *notable* event -- a cancel, a discard, a failure, an op
+end with flags or an outcome other than "completed", a close?  Those are what the detectors
+and the event budget look at one by one, and most batches have none.  ``NotableGate`` answers
+from the monitor's counters (every notable event bumps one of them before it is appended),
+read after each drain, so a consumer can skip even the C-level passes.  A batch made from a
+plain list says True (it knows nothing better).
+
 Traps: events come from the monitor's ring, so they are well-formed tuples of the layouts in
 ``loopmon.monitor.events``; but a code above 255 (a newer recorder) would not fit in ``bytes``,
 so ``codes`` is then ``None`` and ``group`` falls back to a Python filter (correct, slower).
@@ -27,9 +34,10 @@ The batch is not thread-safe and is meant to live for one tick.
 """
 from __future__ import annotations
 
+from collections import deque
 from itertools import compress
-from operator import itemgetter
-from typing import Iterable, Optional
+from operator import attrgetter, itemgetter
+from typing import Any, Iterable, Optional
 
 _code_of = itemgetter(1)
 _MASKS: dict[int, bytes] = {c: bytes(1 if i == c else 0 for i in range(256)) for c in range(256)}
@@ -38,13 +46,15 @@ _MASKS: dict[int, bytes] = {c: bytes(1 if i == c else 0 for i in range(256)) for
 class EventBatch(list):
     """A list of event tuples plus cached per-code views (see the module docstring)."""
 
-    __slots__ = ("_codes", "_codes_done", "_groups")
+    __slots__ = ("_codes", "_codes_done", "_groups", "notable")
 
-    def __init__(self, events: Iterable[tuple] = ()) -> None:
+    def __init__(self, events: Iterable[tuple] = (), notable: bool = True) -> None:
         super().__init__(events)
         self._codes: Optional[bytes] = None
         self._codes_done = False
         self._groups: dict[int, list] = {}
+        #: False only when the monitor's counters prove no notable event is in the batch
+        self.notable = notable
 
     @classmethod
     def of(cls, events: list) -> "EventBatch":
@@ -89,3 +99,40 @@ class EventBatch(list):
                 got = list(compress(self, codes.translate(_MASKS[code])))
         self._groups[code] = got
         return got
+
+
+#: the monitor counters a notable event bumps (a cancel, a discard, a failure -- inline or at
+#: its end --, a cancelled or late end, a drained-at-close end: ``ops_cancelled``; the close)
+NOTABLE_COUNTERS = ("ops_failed", "ops_cancelled", "cancel_requests", "late_completions",
+                    "bytes_discarded", "closed")
+
+
+class NotableGate:
+    """Says, after each drain, whether the drained events may hold a notable one.
+
+    Every notable event bumps one of ``NOTABLE_COUNTERS`` *before* it is appended to the
+    ring, so a drain can only hold one if the counters moved.  The comparison is with the
+    reading of two drains ago, not the last one: in the pure-Python recorder the loop thread
+    may be switched out between the bump and the append, so an event drained now may have
+    been counted just before the previous reading.  (Its bump cannot predate the reading
+    before that: the loop thread would have had to stall between two statements for a whole
+    collector cycle.)  A monitor without these counters: always True.
+    """
+
+    __slots__ = ("_monitor", "_hist")
+
+    _read = staticmethod(attrgetter(*NOTABLE_COUNTERS))
+
+    def __init__(self, monitor: Any) -> None:
+        self._monitor = monitor
+        self._hist: deque = deque(maxlen=2)
+
+    def after_drain(self) -> bool:
+        try:
+            now = self._read(self._monitor)
+        except AttributeError:
+            return True
+        hist = self._hist
+        moved = len(hist) < 2 or now != hist[0]
+        hist.append(now)
+        return moved

@@ -32,7 +32,8 @@ so a quiet program's bursts go out whole.
 
 Cost: one ``EventBatch`` per tick (shared with the detectors) and C-level passes over the
 groups it needs (``compress`` / ``map`` / set ``update``); no Python loop over the events.
-Failures, discards and flagged ends are only looked for when the monitor's counters moved.
+Failures and flagged ends are only looked for when the monitor's counters say the batch may
+hold one (``EventBatch.notable``).
 
 Traps: ops in flight when the sampler starts have no submit it saw; they are treated as
 picked (the client has them from its ``Outstanding`` backlog), so their ends travel.  If
@@ -43,7 +44,6 @@ from __future__ import annotations
 
 import os
 import random
-from collections import deque
 from itertools import chain, compress, repeat
 from operator import eq, itemgetter, ne
 from typing import Any, Optional
@@ -94,7 +94,6 @@ class EventSampler:
         # picked ops whose end has not been seen; seeded with the ops already in flight (the
         # client has them from its Outstanding backlog, so their ends are worth sending)
         self._sent_open: set[int] = set()
-        self._rare_hist: deque = deque(maxlen=2)
         self._rng = random.Random(0x10097)
         if monitor is not None:
             try:
@@ -135,25 +134,6 @@ class EventSampler:
             except Exception:
                 sent_open.clear()
 
-    def _rare_possible(self) -> bool:
-        """Could this tick hold a cancel, a discard, a failure or a close?  From the counters.
-
-        The counters are read after the drain; an event drained now had its counter bumped
-        before it was appended, at worst just before the previous tick's read -- so the
-        comparison is with the reading of two ticks ago.
-        """
-        mon = self._monitor
-        if mon is None:
-            return True
-        try:
-            now = (mon.ops_failed, mon.cancel_requests, mon.bytes_discarded, mon.closed)
-        except AttributeError:
-            return True
-        hist = self._rare_hist
-        changed = len(hist) < 2 or now != hist[0]
-        hist.append(now)
-        return changed
-
     def _thin(self, batch: EventBatch) -> list:
         allowance = max(self.tokens, 1.0)
         submits = batch.group(EV_OP_SUBMIT)
@@ -162,10 +142,10 @@ class EventSampler:
         pins = batch.group(EV_BUF_PIN)
         cancels = batch.group(EV_OP_CANCEL)
         # 1. always: cancels, discards, inline failures, flagged ends (the counters say when
-        #    to look for the last two: most ticks have none)
+        #    to look for the last two: most ticks have none -- ``batch.notable``)
         inline_failed: list = []
         flagged: list = []
-        if self._rare_possible():
+        if batch.notable:
             if inline:
                 inline_failed = list(compress(inline, map(ne, map(_col7, inline),
                                                           repeat(OUTCOME_COMPLETED))))

@@ -452,3 +452,20 @@ def test_lost_data_gap_excludes_abandoned_bytes_and_does_not_nag():
     for k in range(200):
         alerts += tick(m, d, t0 + 3 + k * 0.1)
     assert len(alerts) == 1 and alerts[0].severity == "warning"
+
+
+def test_detectors_ask_for_events_only_when_the_counters_say_so():
+    """``wants_events``: healthy traffic needs no events; a failure, a cancel, a discard or a
+    large undelivered gap does (lost-data then notes reading fds)."""
+    m = Monitor()
+    lost, leak = LostDataDetector(CFG), LeakedBufferDetector(CFG)
+    others = [StuckOpDetector(CFG), OpClimbDetector(CFG), LoopLagDetector(CFG)]
+    m.op_inline(KIND_RECV, 5, 4096, 1000)
+    m.delivered(1000)
+    assert not lost.wants_events(m, False) and not leak.wants_events(m, False)
+    assert lost.wants_events(m, True) and leak.wants_events(m, True)
+    assert not any(d.wants_events(m, True) for d in others)
+    m.op_inline(KIND_RECV, 5, 1 << 20, CFG.lost_gap_track_above)     # held: at the threshold
+    assert not lost.wants_events(m, False)
+    m.op_inline(KIND_RECV, 6, 4096, 1)                                # now above it
+    assert lost.wants_events(m, False) and not leak.wants_events(m, False)

@@ -187,3 +187,64 @@ def test_in_process_subscription_on_a_real_instrumented_loop():
     assert samples[-1].counters["bytes_sent"] > 0
     assert _wait_for(lambda: col.finished)                   # loop closed: collector ends
     assert isinstance(sub.poll()[-1], Goodbye)
+
+
+class _SpyDetector:
+    """Records which drains it was shown; ``want(notable)`` is its ``wants_events`` answer."""
+
+    def __init__(self, want):
+        self.want = want
+        self.seen: list = []
+
+    def wants_events(self, monitor, notable):
+        return self.want(notable)
+
+    def observe(self, events):
+        self.seen.append((len(events), events.notable))
+
+    def evaluate(self, monitor, now):
+        return []
+
+
+def test_detectors_observe_only_the_drains_they_want_and_notable_follows_the_counters():
+    m = Monitor()
+    never = _SpyDetector(lambda notable: False)
+    on_notable = _SpyDetector(lambda notable: notable)
+    plain = _GoodDetector()                     # no wants_events: sees every drain
+    plain.calls = 0
+    plain_observe = plain.observe
+    plain.observe = lambda ev: (setattr(plain, "calls", plain.calls + 1), plain_observe(ev))
+    col = Collector(m, sample_period=60.0, drain_period=60.0,
+                    detectors=[never, on_notable, plain])
+
+    def tick(k, rare=False):
+        for _ in range(10):
+            m.op_inline(4, 5, 10, 10)
+        if rare:
+            m.op_failed_inline(4, 5, 10, BrokenPipeError())
+        col.tick(now=1000.0 + k)
+
+    for k in range(6):
+        tick(k)
+    assert never.seen == []
+    # no counter history for the first two drains: notable; then healthy drains are not
+    assert on_notable.seen == [(10, True), (10, True)]
+    assert plain.calls == 6
+    tick(6, rare=True)                          # a failure: this drain and the next may hold it
+    tick(7)
+    tick(8)
+    assert on_notable.seen[2:] == [(11, True), (10, True)]
+    assert plain.calls == 9 and never.seen == []
+    col.stop()
+
+
+def test_nobody_wanting_the_events_still_drains_the_ring():
+    m = Monitor(ring_capacity=64)
+    never = _SpyDetector(lambda notable: False)
+    col = Collector(m, sample_period=60.0, drain_period=60.0, detectors=[never])
+    for k in range(20):
+        for _ in range(50):
+            m.op_inline(4, 5, 10, 10)
+        col.tick(now=1000.0 + k)
+    assert never.seen == [] and m.events_dropped == 0
+    col.stop()
