@@ -32,7 +32,13 @@ notable (a cancel, a discard, a failure ...: ``EventBatch.notable``, from ``Nota
 and with no subscriber streaming op events a healthy program's drain is dropped unread --
 no batch, no per-code pass.  (With the C monitor core, tuples are built by ``drain()`` on
 this thread: draining alone was ~1.9 us per echo round trip, ~190 ns per event, in-process;
-the detectors' per-event passes on top of it were another ~2.2 us and are gone.)  Each subscriber has an **event budget** (op events/s, default 20 k,
+the detectors' per-event passes on top of it were another ~2.2 us and are gone.)  A monitor
+that offers ``drain_notable()`` -- pop every queued event like ``drain()``, but build and
+return only the notable ones (cancels, discards, inline failures, op ends with flags or an
+outcome other than completed) -- is drained with it whenever no subscriber streams op events
+and no detector wants ordinary events: then a healthy program costs this thread nothing per
+event.  (The decision is taken before the drain, from the counters: lost-data's "gap above
+its threshold" may be read a moment early.)  Each subscriber has an **event budget** (op events/s, default 20 k,
 ``LOOPMON_EVENT_BUDGET``; see ``event_budget``): above it the tick's events are thinned --
 cancels, discards, failures and whole sampled op lifecycles first -- and the count left out
 travels in that subscriber's ``Sample.counters["events_omitted"]`` (with ``event_budget``).
@@ -354,13 +360,23 @@ class Collector:
 
         Called every ``drain_period`` (and by ``tick``), with ``_work_lock`` held.
         """
-        drained = self.monitor.drain()
-        if not drained:
-            return
-        notable = self._notable_gate.after_drain()
-        observers = self._observers(notable)
+        mon = self.monitor
         with self._lock:
             streams = {sub._sampler for sub in self._subs if sub.op_events}
+        drain_notable = None if streams else getattr(mon, "drain_notable", None)
+        if drain_notable is not None and not self._observers(False):
+            # nobody needs an ordinary event: a monitor that can skip them unbuilt hands over
+            # only the notable ones (see the module docstring)
+            drained = drain_notable()
+            if not drained:
+                return
+            notable = True
+        else:
+            drained = mon.drain()
+            if not drained:
+                return
+            notable = self._notable_gate.after_drain()
+        observers = self._observers(notable)
         if not observers and not streams:
             return      # nobody needs these events: drained only to keep the ring moving
         events = EventBatch(drained, notable)

@@ -248,3 +248,35 @@ def test_nobody_wanting_the_events_still_drains_the_ring():
         col.tick(now=1000.0 + k)
     assert never.seen == [] and m.events_dropped == 0
     col.stop()
+
+
+class _NotableMonitor(Monitor):
+    """A monitor with the ``drain_notable()`` primitive (here in Python, over ``drain()``)."""
+
+    def drain_notable(self):
+        self.notable_drains = getattr(self, "notable_drains", 0) + 1
+        return [ev for ev in self.drain()
+                if ev[1] in (3, 7) or (ev[1] == 1 and ev[7] != 1) or (ev[1] == 4 and (ev[8] or ev[4] != 1))]
+
+
+def test_drain_notable_is_used_when_nobody_needs_ordinary_events():
+    m = _NotableMonitor()
+    on_notable = _SpyDetector(lambda notable: notable)
+    col = Collector(m, sample_period=60.0, drain_period=60.0, detectors=[on_notable])
+    for _ in range(10):
+        m.op_inline(4, 5, 10, 10)
+    col.tick(now=1000.0)
+    assert on_notable.seen == [] and m.notable_drains == 1 and m.events_queued() == 0
+    m.op_inline(4, 5, 10, 10)
+    m.op_failed_inline(4, 5, 10, BrokenPipeError())
+    col.tick(now=1001.0)
+    assert on_notable.seen == [(1, True)]
+    # a subscriber streaming op events: every event is drained and sent again
+    sub = col.subscribe(event_budget=0)
+    sub.poll()
+    for _ in range(5):
+        m.op_inline(4, 5, 10, 10)
+    col.tick(now=1002.0)
+    assert sum(len(x.events) for x in sub.poll() if isinstance(x, OpEvents)) == 5
+    assert m.notable_drains == 2
+    col.stop()
