@@ -651,9 +651,61 @@ core_emit(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromLongLong(seq);
 }
 
-/* drain(max_items=2**30) -> list of event tuples; single consumer (see the header) */
+/* Is this event one a healthy program does not make: a cancel, a discard, a failure, an op
+   end with flags or an outcome other than completed?  (drain_notable) */
+static inline int
+is_notable(const Slot *sl)
+{
+    switch (sl->code) {
+    case EV_OP_CANCEL:
+    case EV_DISCARD:
+        return 1;
+    case EV_OP_INLINE:
+        return sl->f[4] != OUTCOME_COMPLETED;
+    case EV_OP_END:
+        return sl->f[1] != OUTCOME_COMPLETED || sl->f[4] != 0;
+    default:
+        return 0;
+    }
+}
+
 static PyObject *
-core_drain(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
+slot_to_tuple(const Slot *sl)
+{
+    int code = (sl->code >= 1 && sl->code <= MAX_CODE) ? sl->code : 0;
+    int nf = NFIELDS[code];
+    PyObject *tup = PyTuple_New(3 + nf);
+    if (tup == NULL)
+        return NULL;
+    PyObject *o;
+    if ((o = PyLong_FromLongLong(sl->seq)) == NULL)
+        goto fail;
+    PyTuple_SET_ITEM(tup, 0, o);
+    if ((o = PyLong_FromLong(sl->code)) == NULL)
+        goto fail;
+    PyTuple_SET_ITEM(tup, 1, o);
+    if ((o = PyFloat_FromDouble(sl->t)) == NULL)
+        goto fail;
+    PyTuple_SET_ITEM(tup, 2, o);
+    for (int j = 0; j < nf; j++) {
+        if (j == STRPOS[code]) {
+            o = sl->s ? sl->s : EMPTY_STR;
+            Py_INCREF(o);
+        }
+        else if ((o = PyLong_FromLongLong(sl->f[j])) == NULL)
+            goto fail;
+        PyTuple_SET_ITEM(tup, 3 + j, o);
+    }
+    return tup;
+fail:
+    Py_DECREF(tup);     /* unset items are NULL: tuple dealloc skips them */
+    return NULL;
+}
+
+/* take up to max_items queued events (counting overwritten ones as dropped) and build the
+   tuples of all of them, or of the notable ones only; single consumer (see the header) */
+static PyObject *
+drain_impl(CoreObject *m, PyObject *const *args, Py_ssize_t nargs, int notable_only)
 {
     long long max_items = 1LL << 30;
     if (nargs > 1)
@@ -673,54 +725,46 @@ core_drain(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
     Slot *copy = PyMem_Malloc((size_t)n * sizeof(Slot));
     if (copy == NULL)
         return PyErr_NoMemory();
-    long long first = m->next_seq;
+    long long first = m->next_seq, kept = 0;
     for (long long i = 0; i < n; i++) {
-        copy[i] = m->ring[(unsigned long long)(first + i) % (unsigned long long)m->cap];
-        Py_XINCREF(copy[i].s);
+        const Slot *sl = &m->ring[(unsigned long long)(first + i) % (unsigned long long)m->cap];
+        if (notable_only && !is_notable(sl))
+            continue;
+        copy[kept] = *sl;
+        Py_XINCREF(copy[kept].s);
+        kept++;
     }
     m->next_seq = first + n;
-    PyObject *out = PyList_New((Py_ssize_t)n);
-    long long i = 0;
-    if (out == NULL)
-        goto fail;
-    for (; i < n; i++) {
-        Slot *sl = &copy[i];
-        int code = (sl->code >= 1 && sl->code <= MAX_CODE) ? sl->code : 0;
-        int nf = NFIELDS[code];
-        PyObject *tup = PyTuple_New(3 + nf);
-        if (tup == NULL)
-            goto fail;
-        PyList_SET_ITEM(out, (Py_ssize_t)i, tup);
-        PyObject *o;
-        if ((o = PyLong_FromLongLong(sl->seq)) == NULL)
-            goto fail;
-        PyTuple_SET_ITEM(tup, 0, o);
-        if ((o = PyLong_FromLong(sl->code)) == NULL)
-            goto fail;
-        PyTuple_SET_ITEM(tup, 1, o);
-        if ((o = PyFloat_FromDouble(sl->t)) == NULL)
-            goto fail;
-        PyTuple_SET_ITEM(tup, 2, o);
-        for (int j = 0; j < nf; j++) {
-            if (j == STRPOS[code]) {
-                o = sl->s ? sl->s : EMPTY_STR;
-                Py_INCREF(o);
+    PyObject *out = PyList_New((Py_ssize_t)kept);
+    if (out != NULL) {
+        for (long long i = 0; i < kept; i++) {
+            PyObject *tup = slot_to_tuple(&copy[i]);
+            if (tup == NULL) {
+                Py_CLEAR(out);
+                break;
             }
-            else if ((o = PyLong_FromLongLong(sl->f[j])) == NULL)
-                goto fail;
-            PyTuple_SET_ITEM(tup, 3 + j, o);
+            PyList_SET_ITEM(out, (Py_ssize_t)i, tup);
         }
     }
-    for (i = 0; i < n; i++)
+    for (long long i = 0; i < kept; i++)
         Py_XDECREF(copy[i].s);
     PyMem_Free(copy);
     return out;
-fail:
-    for (i = 0; i < n; i++)
-        Py_XDECREF(copy[i].s);
-    PyMem_Free(copy);
-    Py_XDECREF(out);
-    return NULL;
+}
+
+/* drain(max_items=2**30) -> list of event tuples */
+static PyObject *
+core_drain(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    return drain_impl(m, args, nargs, 0);
+}
+
+/* drain_notable(max_items=2**30) -> the notable events among those taken (the rest are
+   consumed unbuilt: a healthy program's events cost the consumer no objects) */
+static PyObject *
+core_drain_notable(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    return drain_impl(m, args, nargs, 1);
 }
 
 /* events_queued() -> how many events a drain() would return now (at most the capacity) */
@@ -748,6 +792,9 @@ static PyMethodDef core_methods[] = {
      "_emit(code, t, *fields) -> seq: record an event built on the Python side."},
     {"drain", (PyCFunction)(void (*)(void))core_drain, METH_FASTCALL,
      "drain(max_items=2**30) -> list of event tuples.  Single consumer."},
+    {"drain_notable", (PyCFunction)(void (*)(void))core_drain_notable, METH_FASTCALL,
+     "drain_notable(max_items=2**30) -> like drain(), but only cancels, discards, failures "
+     "and op ends with flags or a non-completed outcome are returned."},
     {"events_queued", (PyCFunction)core_events_queued, METH_NOARGS,
      "events_queued() -> events a drain() would return now."},
     {NULL}

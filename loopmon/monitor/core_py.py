@@ -42,6 +42,17 @@ _new_record = object.__new__
 DIRECTIONS = tuple(1 if k in RECEIVE_KINDS else 2 if k in SEND_KINDS else 0 for k in range(32))
 
 
+def _is_notable(e: tuple) -> bool:
+    code = e[1]
+    if code == EV_OP_CANCEL or code == EV_DISCARD:
+        return True
+    if code == EV_OP_INLINE:
+        return e[7] != OUTCOME_COMPLETED
+    if code == EV_OP_END:
+        return e[4] != OUTCOME_COMPLETED or e[7] != 0
+    return False
+
+
 class OpRecord:
     """One pending op.  Owned by the backend between ``op_start`` and ``op_end``.
 
@@ -264,6 +275,11 @@ class PyMonitorCore:
                 self.events_dropped += gap
             self._next_seq = last + 1
         return out
+
+    def drain_notable(self, max_items: int = 1 << 30) -> list[tuple]:
+        """``drain()``, returning only the events a healthy program does not make: cancels,
+        discards, inline failures, op ends with flags or an outcome other than completed."""
+        return [e for e in self.drain(max_items) if _is_notable(e)]
 
     def events_queued(self) -> int:
         return len(self._ring)

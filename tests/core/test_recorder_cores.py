@@ -168,7 +168,8 @@ def test_emit_checks_the_layout(Mon):
 
 # one step of a random op history: (action, a, b)
 _steps = st.lists(st.tuples(st.sampled_from(["inline", "start", "pinned", "cancel", "end",
-                                             "end_keep", "release", "deliver", "drain"]),
+                                             "end_keep", "release", "deliver", "drain",
+                                             "drain_notable", "fail_inline"]),
                             st.integers(0, 11), st.integers(0, 1 << 20)),
                   max_size=60)
 
@@ -200,6 +201,10 @@ def test_both_cores_record_the_same_history(steps, capacity):
                 mon.delivered(n)
             elif action == "drain":
                 drained[i] += _strip_time(mon.drain(n % 7 + 1))
+            elif action == "drain_notable":
+                drained[i] += _strip_time(mon.drain_notable(n % 7 + 1))
+            elif action == "fail_inline":
+                mon.op_failed_inline(kind, 3, n, OSError())
     for i, mon in enumerate(mons):
         drained[i] += _strip_time(mon.drain())
     assert drained[0] == drained[1]
@@ -256,3 +261,25 @@ def test_peers_noted_per_fd_show_in_outstanding(Mon):
     mon.op_end(a, ev.OUTCOME_COMPLETED, 1)
     mon.op_end(b, ev.OUTCOME_CANCELLED)
     assert mon.snapshot().instrumentation_errors == 0
+
+
+@pytest.mark.parametrize("Mon", CORES)
+def test_drain_notable_takes_everything_and_returns_the_unusual(Mon):
+    mon = Mon(ring_capacity=64)
+    mon.op_inline(ev.KIND_SEND, 1, 10, 10)                       # ordinary
+    mon.op_failed_inline(ev.KIND_SEND, 1, 10, BrokenPipeError())  # notable
+    ok = mon.op_start_pinned(ev.KIND_RECV, 1, 10, 10)
+    mon.op_end(ok, ev.OUTCOME_COMPLETED, 5)                       # ordinary (+ pin, release)
+    bad = mon.op_start(ev.KIND_ACCEPT, 2, 0)
+    mon.op_end(bad, ev.OUTCOME_FAILED, 0, "OSError")              # notable
+    late = mon.op_start_pinned(ev.KIND_RECV, 1, 10, 10)
+    mon.op_cancel(late)                                          # notable
+    mon.op_end(late, ev.OUTCOME_COMPLETED, 4, flags=ev.FLAG_DISCARDED)  # notable x2 (+ release)
+    drained_at_close = mon.op_start(ev.KIND_RECV, 1, 10)
+    mon.drain_at_close()                                          # notable (flag)
+    got = mon.drain_notable()
+    assert [(e[1], e[3]) for e in got] == [
+        (ev.EV_OP_INLINE, 2), (ev.EV_OP_END, bad.op_id), (ev.EV_OP_CANCEL, late.op_id),
+        (ev.EV_OP_END, late.op_id), (ev.EV_DISCARD, late.op_id),
+        (ev.EV_OP_END, drained_at_close.op_id)]
+    assert mon.events_queued() == 0 and mon.drain() == [] and mon.events_dropped == 0
