@@ -279,6 +279,129 @@ class _ContinuedReadMixin:
                 self._data_received(data, length)
 
 
+class _StreamReceiveMixin:
+    """The read loop of a socket transport on a persistent receive: no future per chunk.
+
+    Where the backend offers ``stream_receiver(sock, buf, handle)`` (the selector backend,
+    ``backends.stream_receive``), one ``StreamReceive`` object stands for every receive of
+    the transport and is its ``_read_fut`` while one is in flight.  ``restart()`` issues the
+    next receive; when it ends -- inline, or in ``select()`` -- the backend stores the byte
+    count in ``nbytes`` (-2: failed, ``take_error()``) and queues the transport's persistent
+    handle, ``_lm_received``, exactly where ``_loop_reading``'s done callback would have been
+    queued.  ``_lm_received`` is ``_loop_reading`` for that completion: same order (take
+    the result, issue the next receive unless closing or paused, then deliver), same error
+    handling, same ``_read_fut`` bookkeeping (a completion taken after ``close()`` reset
+    ``_read_fut`` is still delivered, as the stdlib does).  A cancel (``close()``) queues
+    nothing, as no done callback would run for a cancelled future.
+
+    ``_loop_reading(None)`` (the first read, ``resume_reading``) calls ``start()``, which
+    does nothing while a receive is in flight or its completion is queued -- so a double
+    resume cannot put two receives on one buffer.  A plain (non-buffered) protocol is
+    remembered by ``set_protocol`` so delivery needs no ``isinstance`` per chunk.
+    """
+
+    __slots__ = ()
+    _lm_receiver = None
+    _lm_plain_protocol = None   # the protocol, unless it is a BufferedProtocol
+    _lm_monitor = None
+
+    def set_protocol(self, protocol):
+        super().set_protocol(protocol)
+        self._lm_plain_protocol = None if isinstance(protocol, BufferedProtocol) else protocol
+
+    def _lm_init_receiver(self):
+        """After the base ``__init__`` (``_sock`` and ``_data`` exist, the first read is queued)."""
+        make = getattr(self._loop._proactor, "stream_receiver", None)
+        if make is not None:
+            self._lm_monitor = self._loop.monitor
+            self._lm_receiver = make(self._sock, self._data,
+                                     events.Handle(self._lm_received, (), self._loop, None))
+
+    def _loop_reading(self, fut=None):
+        r = self._lm_receiver
+        if r is None or fut is not None:
+            super()._loop_reading(fut)
+            return
+        try:
+            if self._closing:
+                return
+            if not self._paused:
+                r.start()
+                self._read_fut = r
+        except ConnectionAbortedError as exc:
+            if not self._closing:
+                self._fatal_error(exc, "Fatal read error on pipe transport")
+            elif self._loop.get_debug():
+                logger.debug("Read error on pipe transport while closing", exc_info=True)
+        except ConnectionResetError as exc:
+            self._force_close(exc)
+        except OSError as exc:
+            self._fatal_error(exc, "Fatal read error on pipe transport")
+
+    def _lm_received(self):
+        """The persistent handle: a receive of ``_lm_receiver`` ended (``_loop_reading(fut)``)."""
+        r = self._lm_receiver
+        length = r.nbytes
+        if length <= 0:
+            self._lm_received_nothing(r, length)
+            return
+        r.nbytes = -1
+        self._read_fut = None
+        data = bytes(memoryview(self._data)[:length]) if _IMMUTABLE_CHUNKS else self._data[:length]
+        try:
+            if not self._closing and not self._paused:
+                r.restart()
+                self._read_fut = r
+        except ConnectionAbortedError as exc:
+            if not self._closing:
+                self._fatal_error(exc, "Fatal read error on pipe transport")
+            elif self._loop.get_debug():
+                logger.debug("Read error on pipe transport while closing", exc_info=True)
+        except ConnectionResetError as exc:
+            self._force_close(exc)
+        except OSError as exc:
+            self._fatal_error(exc, "Fatal read error on pipe transport")
+        finally:
+            protocol = self._lm_plain_protocol
+            if protocol is not None and not self._paused and not self._lm_backlog:
+                # _data_received -> _lm_deliver for the common case: a plain protocol
+                mon = self._lm_monitor
+                if mon is not None:
+                    mon.delivered(length)
+                try:
+                    protocol.data_received(data)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+            else:
+                self._data_received(data, length)
+
+    def _lm_received_nothing(self, r, length):
+        """End-of-file (0) or a failed receive (-2): what ``_loop_reading`` does for them."""
+        if length == -1:
+            return                      # nothing ended (a handle never runs twice per end)
+        self._read_fut = None
+        if length == 0:
+            r.nbytes = -1
+            self._data_received(None, 0)    # end-of-file: no new receive
+            return
+        try:
+            raise r.take_error()
+        except ConnectionAbortedError as exc:
+            if not self._closing:
+                self._fatal_error(exc, "Fatal read error on pipe transport")
+            elif self._loop.get_debug():
+                logger.debug("Read error on pipe transport while closing", exc_info=True)
+        except ConnectionResetError as exc:
+            self._force_close(exc)
+        except OSError as exc:
+            self._fatal_error(exc, "Fatal read error on pipe transport")
+        except exceptions.CancelledError:
+            if not self._closing:
+                raise
+
+
 class _InlineWriteMixin:
     """``write()`` on an idle transport submits the send at once and, when the backend
     completes it inline, is done: no future callback round trip.
@@ -295,10 +418,12 @@ class _InlineWriteMixin:
     _lm_try_send = None
 
     def write(self, data):
+        # (no _closing test: close() and _force_close() always count _conn_lost too)
         if (self._write_fut is None and not self._buffer and not self._conn_lost
-                and not self._closing and not self._eof_written and self._empty_waiter is None
-                and data and isinstance(data, (bytes, bytearray, memoryview))):
-            if type(data) is not bytes:
+                and not self._eof_written and self._empty_waiter is None and data
+                and (data.__class__ is bytes
+                     or isinstance(data, (bytes, bytearray, memoryview)))):
+            if data.__class__ is not bytes:
                 data = bytes(data)          # the caller may reuse its buffer
             try_send = self._lm_try_send
             if try_send is not None:
@@ -320,15 +445,18 @@ class _InlineWriteMixin:
         _base_write(self, data)
 
 
-class SocketTransport(_CountDeliveredMixin, _ContinuedReadMixin, _InlineWriteMixin,
-                      _TolerantCloseMixin, proactor_events._ProactorSocketTransport):
+class SocketTransport(_CountDeliveredMixin, _StreamReceiveMixin, _ContinuedReadMixin,
+                      _InlineWriteMixin, _TolerantCloseMixin,
+                      proactor_events._ProactorSocketTransport):
     """``_ProactorSocketTransport`` + delivered-bytes accounting + inline writes and reads."""
 
     def __init__(self, loop, *args, **kw):
         # before the base __init__, which schedules the first _loop_reading
-        self._lm_init_reading(loop)
         self._lm_try_send = getattr(loop._proactor, "try_send", None)
         super().__init__(loop, *args, **kw)
+        self._lm_init_receiver()
+        if self._lm_receiver is None:
+            self._lm_init_reading(loop)
 
 
 class ReadPipeTransport(_CountDeliveredMixin, _ContinuedReadMixin, _TolerantCloseMixin,

@@ -45,7 +45,10 @@ class FdWaiters:
         self.reader_handle: Optional[asyncio.Handle] = None
         self.writer_handle: Optional[asyncio.Handle] = None
         self.mask = 0                   # what the selector currently watches
-        self.drained = False            # the last pending receive left the socket empty
+        # the last pending receive left the socket empty, so the next one may go straight
+        # to pending.  Only ever true for a live record watched for reading (cleared when
+        # READ is dropped, when the record is forgotten, and when the backend closes).
+        self.drained = False
 
 
 def _fileno_or_none(obj: Any) -> Optional[int]:
@@ -112,6 +115,8 @@ class FdTableMixin:
         old = st.mask
         if mask == old:
             return
+        if not mask & _READ:
+            st.drained = False          # nobody watches: a receive must not just wait
         sel = self._selector
         try:
             if not old:
@@ -131,6 +136,7 @@ class FdTableMixin:
         st.mask = mask
 
     def _forget(self, st: FdWaiters) -> None:
+        st.drained = False              # a dead record: a receive cached on it takes the long way
         if self._fds.get(st.fd) is st:
             del self._fds[st.fd]
         if st.mask:

@@ -73,12 +73,14 @@ from ..monitor.events import (
     KIND_WRITE_PIPE, OUTCOME_CANCELLED, OUTCOME_COMPLETED, OUTCOME_FAILED, RECEIVE_KINDS,
 )
 from .common import CancelRequestFuture
+from .stream_receive import StreamReceive
 from .faults import FaultEmulationMixin
 from .fdtable import _READ, _WRITE, FdTableMixin, FdWaiters, _fd_or_minus_one, _fileno_or_none
 _socket = socket.socket
 _WOULD_BLOCK = (BlockingIOError, InterruptedError)
 _NO_EVENTS: tuple = ()
-_NOT_EPOLLIN = ~getattr(_select_mod, "EPOLLIN", 0)      # what selectors maps to EVENT_WRITE
+_EPOLLIN = getattr(_select_mod, "EPOLLIN", 0)
+_NOT_EPOLLIN = ~_EPOLLIN      # what selectors maps to EVENT_WRITE
 _NOT_EPOLLOUT = ~getattr(_select_mod, "EPOLLOUT", 0)    # ... and to EVENT_READ
 
 
@@ -221,6 +223,17 @@ class SelectorProactor(FaultEmulationMixin, FdTableMixin):
             self._loop._ready.append(then)       # a handle nobody cancels
         return fut
 
+    def stream_receiver(self, sock: Any, buf: Any,
+                        handle: asyncio.Handle) -> Optional[StreamReceive]:
+        """A socket transport's persistent receive into ``buf`` (``stream_receive``).
+
+        ``handle`` is queued whenever a receive it issues completes or fails, as for
+        ``recv_into_then``.  None for what is not a socket (pipes use ``recv_into_then``).
+        """
+        if not isinstance(sock, _socket):
+            return None
+        return StreamReceive(self, sock, buf, handle)
+
     def recvfrom(self, conn: _socket, nbytes: int, flags: int = 0) -> asyncio.Future:
         try:
             res = conn.recvfrom(nbytes, flags)
@@ -275,17 +288,16 @@ class SelectorProactor(FaultEmulationMixin, FdTableMixin):
 
         Saves the already-finished future (and its done callback) on the common path.
         """
-        total = len(data)
         try:
             n = sock.send(data)
         except _WOULD_BLOCK:
             n = 0
         except Exception as exc:
-            return self._send_failed_inline(KIND_SEND, sock, data, total, exc)
-        if n >= total:
-            mon = self.monitor
-            if mon is not None:
-                mon.op_inline(KIND_SEND, sock.fileno(), total, n)
+            return self._send_failed_inline(KIND_SEND, sock, data, len(data), exc)
+        total = len(data)
+        if n == total:
+            if self.monitor is not None:
+                self.monitor.op_inline(KIND_SEND, sock.fileno(), total, n)
             return None
         op = self._pend(KIND_SEND, sock, memoryview(data)[n:] if n else data, total, 0, True,
                         self.monitor)
@@ -391,47 +403,80 @@ class SelectorProactor(FaultEmulationMixin, FdTableMixin):
             self._finish_cancelled()
         add_callback = self._loop._add_callback
         fds = self._fds
-        for key, events in ready:
-            if poll is not None:
-                st = fds.get(key)
-                if st is None:
-                    continue
-                events = (((_WRITE if events & _NOT_EPOLLIN else 0)
-                           | (_READ if events & _NOT_EPOLLOUT else 0)) & st.mask)
-                if not events:
-                    continue
-            else:
-                st = key.data
-            want = st.mask
-            if events & _READ:
-                handle = st.reader_handle
-                if st.readers:
-                    self._run_readers(st)
-                elif handle is None:
-                    want &= ~_READ      # readiness with nobody waiting: stop watching
-                if handle is not None:
-                    if handle._cancelled:
-                        st.reader_handle = None
-                        if not st.readers:
-                            want &= ~_READ
-                    else:
-                        add_callback(handle)
-            if events & _WRITE:
-                handle = st.writer_handle
-                if st.writers:
-                    self._run_writers(st)
-                elif handle is None:
-                    want &= ~_WRITE
-                if handle is not None:
-                    if handle._cancelled:
-                        st.writer_handle = None
-                        if not st.writers:
-                            want &= ~_WRITE
-                    else:
-                        add_callback(handle)
-            if want != st.mask:
-                self._set_mask(st, want)
+        if poll is None:
+            for key, events in ready:
+                self._dispatch(key.data, events, add_callback)
+            return _NO_EVENTS
+        ready_queue = self._loop._ready
+        for fd, ev in ready:
+            st = fds.get(fd)
+            if st is None:
+                continue
+            if ev == _EPOLLIN:
+                readers = st.readers
+                if readers and st.reader_handle is None:
+                    op = readers[0]
+                    if op.__class__ is StreamReceive:
+                        # the hot path: a stream transport's receive, _run_readers' work inline
+                        try:
+                            n = op._lm_obj.recv_into(op._lm_buf)
+                        except _WOULD_BLOCK:
+                            st.drained = False      # readiness lied: try inline next time
+                            continue
+                        except BaseException as exc:
+                            readers.popleft()
+                            self._end_failed(op, exc)
+                            if readers:
+                                self._run_readers(st)
+                            continue
+                        readers.popleft()
+                        op._lm_backend = None
+                        op.nbytes = n
+                        st.drained = 0 < n < op._lm_n
+                        ready_queue.append(op._lm_cont)
+                        if op._lm_rec is not None:
+                            self.monitor.op_end(op._lm_rec, OUTCOME_COMPLETED, n)
+                        if readers:
+                            self._run_readers(st)
+                        continue
+            # selectors' translation of the epoll mask, limited to what we watch
+            events = (((_WRITE if ev & _NOT_EPOLLIN else 0)
+                       | (_READ if ev & _NOT_EPOLLOUT else 0)) & st.mask)
+            if events:
+                self._dispatch(st, events, add_callback)
         return _NO_EVENTS
+
+    def _dispatch(self, st: FdWaiters, events: int, add_callback: Any) -> None:
+        """Readiness of one fd: run its ops' syscalls, queue the loop's reader/writer."""
+        want = st.mask
+        if events & _READ:
+            handle = st.reader_handle
+            if st.readers:
+                self._run_readers(st)
+            elif handle is None:
+                want &= ~_READ      # readiness with nobody waiting: stop watching
+            if handle is not None:
+                if handle._cancelled:
+                    st.reader_handle = None
+                    if not st.readers:
+                        want &= ~_READ
+                else:
+                    add_callback(handle)
+        if events & _WRITE:
+            handle = st.writer_handle
+            if st.writers:
+                self._run_writers(st)
+            elif handle is None:
+                want &= ~_WRITE
+            if handle is not None:
+                if handle._cancelled:
+                    st.writer_handle = None
+                    if not st.writers:
+                        want &= ~_WRITE
+                else:
+                    add_callback(handle)
+        if want != st.mask:
+            self._set_mask(st, want)
 
     def _run_readers(self, st: FdWaiters) -> None:
         q = st.readers
@@ -541,17 +586,8 @@ class SelectorProactor(FaultEmulationMixin, FdTableMixin):
         if self._closed:
             raise RuntimeError("the loopmon proactor is closed")
         if st is None:
-            fd = obj.fileno()
-            st = self._fds.get(fd)
-            if st is None:
-                st = self._fds[fd] = FdWaiters(fd, obj)
-            elif st.obj is not obj:
-                if st.obj is None:
-                    st.obj = obj            # made by add_reader(fd): the ops' object joins it
-                elif _fileno_or_none(st.obj) != fd:
-                    st = self._replace_stale(st, obj)
-        else:
-            fd = st.fd
+            st = self._waiters_for(obj)
+        fd = st.fd
         op = _PendingOp(loop=self._loop)
         op._lm_backend = self
         op._lm_kind = kind
@@ -580,6 +616,48 @@ class SelectorProactor(FaultEmulationMixin, FdTableMixin):
             if not st.mask & _READ:
                 self._set_mask(st, st.mask | _READ)
         return op
+
+    def _waiters_for(self, obj: Any) -> FdWaiters:
+        """``obj``'s record in the fd table, made (or made anew, if stale) as needed."""
+        fd = obj.fileno()
+        st = self._fds.get(fd)
+        if st is None:
+            st = self._fds[fd] = FdWaiters(fd, obj)
+        elif st.obj is not obj:
+            if st.obj is None:
+                st.obj = obj            # made by add_reader(fd): the ops' object joins it
+            elif _fileno_or_none(st.obj) != fd:
+                st = self._replace_stale(st, obj)
+        return st
+
+    def _pend_stream_receive(self, r: StreamReceive, st: Optional[FdWaiters]) -> None:
+        """``StreamReceive.start()`` would block: queue it as ``_pend`` queues a receive."""
+        if self._closed:
+            raise RuntimeError("the loopmon proactor is closed")
+        if st is None:
+            st = self._waiters_for(r._lm_obj)
+        r._lm_st = st
+        r._lm_backend = self
+        r._lm_buf = r._buffer
+        mon = self.monitor
+        if mon is not None:
+            r._lm_rec = mon.op_start_pinned(KIND_RECV_INTO, st.fd, r._lm_n, r._lm_n)
+        st.readers.append(r)
+        if not st.mask & _READ:
+            self._set_mask(st, st.mask | _READ)
+
+    def _request_cancel_stream_receive(self, r: StreamReceive, detached: Any) -> None:
+        """``StreamReceive.cancel()``: ``detached`` carries the op to its cancelled end."""
+        st = self._fds.get(r._lm_fd)
+        if st is not None:
+            try:
+                st.readers.remove(r)
+            except ValueError:
+                pass
+        self._cancelled.append(detached)
+        rec = detached._lm_rec
+        if rec is not None:
+            self.monitor.op_cancel(rec)
 
     def _done_inline(self, kind: int, obj: Any, requested: int, nbytes: int,
                      result: Any) -> asyncio.Future:
@@ -646,6 +724,7 @@ class SelectorProactor(FaultEmulationMixin, FdTableMixin):
             return
         self._closed = True
         for st in list(self._fds.values()):
+            st.drained = False          # no receive goes straight to pending any more
             for op in list(st.readers) + list(st.writers):
                 op._lm_backend = None
                 op._lm_buf = None
