@@ -256,6 +256,13 @@ class Agent:
             async with self._changed:
                 self._changed.notify_all()
         self._loop.create_task(notify())
+        # sessions whose collector already finished (its loop closed before this one was
+        # attached) wait on their old subscription's wakeup, which will never come again:
+        # wake them so they follow the new collector
+        for sub in list(self._subs):
+            wake = getattr(sub, "wake_event", None)
+            if wake is not None:
+                wake.set()
 
     def _encode(self, msg: Any) -> bytes:
         key = id(msg)

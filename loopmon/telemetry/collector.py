@@ -13,8 +13,8 @@ Everything else happens here, on a daemon thread that never touches the loop: ev
    every detector for alerts (``evaluate``);
    the detectors package is imported lazily and may be absent or broken -- its errors are
    counted (``detector_errors``) and never stop sampling,
-3. takes ``monitor.snapshot()`` plus process figures from psutil (RSS, CPU %, threads, fds;
-   read every ``PROCESS_FIGURES_EVERY``, repeated in the Samples between),
+3. takes ``monitor.snapshot()`` plus process figures (RSS, CPU %, threads, fds; read every
+   ``PROCESS_FIGURES_EVERY``, repeated in the Samples between; see ``process_figures``),
 4. appends the Sample to a bounded history, and
 5. offers ``Alert``, ``OpEvents``, ``Sample`` and (every ``outstanding_every`` ticks)
    ``Outstanding`` messages to every Subscription -- with no subscriber, nothing is built.
@@ -76,6 +76,7 @@ from typing import Any, Callable, Optional
 from ..monitor import Monitor
 from .event_batch import EventBatch, NotableGate
 from .event_budget import EventSampler, budget_from_env, effective_budget
+from .process_figures import ProcessFigures
 from .messages import (PROTOCOL_MAJOR, PROTOCOL_MINOR, Alert, Dropped, Goodbye, Hello, History,
                        OpEvents, Outstanding, Sample)
 from .wire import OP_EVENTS_PER_FRAME
@@ -87,7 +88,7 @@ DEFAULT_DRAIN_PERIOD = 0.01     # the ring is drained 5 times per sample (hot ev
 DEFAULT_SUBSCRIPTION_MAXLEN = 2000      # messages
 DEFAULT_SUBSCRIPTION_MAX_EVENTS = 100_000   # op events held in OpEvents messages
 OUTSTANDING_CAP = 1000          # ops per Outstanding message (oldest first)
-PROCESS_FIGURES_EVERY = 0.2     # seconds between psutil reads (RSS, CPU %, threads, fds)
+PROCESS_FIGURES_EVERY = 0.2     # seconds between reads of RSS, CPU %, threads, fds
 
 
 class Subscription:
@@ -166,18 +167,18 @@ class Subscription:
                 pass
 
 
-def _process_figures(proc: Any) -> tuple[int, float, int, int]:
-    if proc is None:
-        return 0, 0.0, 0, 0
+def _fields(record: Any) -> dict:
+    """A flat dataclass record (``Snapshot``, ``OpInfo``) as a dict: what its ``as_dict()``
+    (``dataclasses.asdict``) gives, without a ``deepcopy`` per field -- that was half the
+    cost of a tick.  Dict values are copied (the record may be shared); others are immutable."""
     try:
-        with proc.oneshot():
-            rss = proc.memory_info().rss
-            cpu = proc.cpu_percent(interval=None)
-            threads = proc.num_threads()
-            fds = proc.num_fds() if hasattr(proc, "num_fds") else proc.num_handles()
-        return rss, cpu, threads, fds
-    except Exception:
-        return 0, 0.0, 0, 0
+        d = dict(vars(record))
+    except TypeError:
+        return record.as_dict()
+    for k, v in d.items():
+        if type(v) is dict:
+            d[k] = dict(v)
+    return d
 
 
 class Collector:
@@ -239,12 +240,7 @@ class Collector:
         self._stop_reason = "collector stopped"
         self._figures: tuple[int, float, int, int] = (0, 0.0, 0, 0)
         self._figures_due = float("-inf")
-        try:
-            import psutil
-            self._proc = psutil.Process(os.getpid())
-            self._proc.cpu_percent(interval=None)
-        except Exception:
-            self._proc = None
+        self._process = ProcessFigures()
 
     # ---------------------------------------------------------------- public
     def hello(self) -> Hello:
@@ -408,11 +404,11 @@ class Collector:
         alerts = self._evaluate_detectors(now)
         snap = mon.snapshot()
         if self._figures_due <= now or final:
-            # /proc reads cost ~0.1 ms: every PROCESS_FIGURES_EVERY, not every tick
-            self._figures = _process_figures(self._proc)
+            # every PROCESS_FIGURES_EVERY, not every tick (see process_figures: GIL hand-offs)
+            self._figures = self._process.read()
             self._figures_due = now + PROCESS_FIGURES_EVERY
         rss, cpu, threads, fds = self._figures
-        counters = snap.as_dict()
+        counters = _fields(snap)
         counters["detector_errors"] = self.detector_errors
         sample = Sample(t=snap.time, wall=snap.wall, counters=counters, rss=rss,
                         cpu_percent=cpu, num_threads=threads, num_fds=fds)
@@ -470,7 +466,7 @@ class Collector:
     def _outstanding_message(self) -> Outstanding:
         try:
             ops = self.monitor.outstanding()[:OUTSTANDING_CAP]
-            return Outstanding(t=time.monotonic(), ops=[op.as_dict() for op in ops])
+            return Outstanding(t=time.monotonic(), ops=[_fields(op) for op in ops])
         except Exception:
             return Outstanding(t=time.monotonic(), ops=[])
 
