@@ -14,6 +14,8 @@ leaves to Windows' subclass or does not have at all:
 * every ``sock_*`` method with asyncio's own argument checks and, when instrumented,
   delivered-bytes accounting for what they return (``loopmon.loop_methods``; transports
   count theirs in ``loopmon.transports``);
+* ``call_soon`` and the loop iteration without the stdlib's per-callback Python frames
+  (``loopmon.loop_iteration``: same order, same error reporting, debug mode untouched);
 * **loop lag**: while running instrumented, a timer every ``lag_interval`` seconds measures
   how late it fires and records it with ``Monitor.record_lag``.
 
@@ -29,6 +31,7 @@ from asyncio import events, exceptions, proactor_events
 from typing import Any, Iterable, Optional
 
 from .backends.selector import SelectorProactor
+from .loop_iteration import LeanIterationMixin
 from .loop_methods import ProactorLoopMethodsMixin
 from .monitor import Monitor
 from .unix_extras import PosixExtrasMixin
@@ -55,7 +58,7 @@ def _current_wakeup_fd() -> int:
     return fd
 
 
-class ProactorEventLoop(PosixExtrasMixin, ProactorLoopMethodsMixin,
+class ProactorEventLoop(LeanIterationMixin, PosixExtrasMixin, ProactorLoopMethodsMixin,
                         proactor_events.BaseProactorEventLoop):
     """A complete, optionally instrumented asyncio proactor event loop for POSIX."""
 
