@@ -38,7 +38,17 @@ return only the notable ones (cancels, discards, inline failures, op ends with f
 outcome other than completed) -- is drained with it whenever no subscriber streams op events
 and no detector wants ordinary events: then a healthy program costs this thread nothing per
 event.  (The decision is taken before the drain, from the counters: lost-data's "gap above
-its threshold" may be read a moment early.)  Each subscriber has an **event budget** (op events/s, default 20 k,
+its threshold" may be read a moment early.)
+
+With one budgeted stream over its budget, a monitor that offers ``drain_range(start, stop,
+max_items)`` -- take ``max_items`` queued events like ``drain(max_items)``, return
+``(seq of the first one taken, tuples of those at positions start..stop-1)``, reading no
+other slot -- is drained with it: the sampler places its window first (``plan``) and only
+the window is built.  That needs a drain with nothing notable in it (``NotableGate.quiet_now``,
+read just before the call: a notable event recorded between that read and the drain is
+consumed unseen -- the counters, which the alerts rest on, still count it) and no tracked op
+ended; otherwise, and with several budgets or an unlimited subscriber, the whole drain is
+built as before.  Each subscriber has an **event budget** (op events/s, default 20 k,
 ``LOOPMON_EVENT_BUDGET``; see ``event_budget``): above it the tick's events are thinned --
 cancels, discards, failures and whole sampled op lifecycles first -- and the count left out
 travels in that subscriber's ``Sample.counters["events_omitted"]`` (with ``event_budget``).
@@ -359,6 +369,8 @@ class Collector:
         mon = self.monitor
         with self._lock:
             streams = {sub._sampler for sub in self._subs if sub.op_events}
+        if len(streams) == 1 and None not in streams and self._ranged_drain(streams, now):
+            return
         drain_notable = None if streams else getattr(mon, "drain_notable", None)
         if drain_notable is not None and not self._observers(False):
             # nobody needs an ordinary event: a monitor that can skip them unbuilt hands over
@@ -392,6 +404,34 @@ class Collector:
                 got += selected
         if streams:
             self.events_forwarded += len(events)
+
+    def _ranged_drain(self, streams: set, now: float) -> bool:
+        """One budgeted stream over budget, on a monitor with ``drain_range``: build only the
+        events of the sampler's window.  False: this drain needs the ordinary path."""
+        mon = self.monitor
+        drain_range = getattr(mon, "drain_range", None)
+        if drain_range is None:
+            return False
+        (sampler,) = streams
+        if (self._observers(False) or not self._notable_gate.quiet_now()
+                or sampler.needs_whole_drain()):
+            return False
+        n = mon.events_queued()
+        if not n:
+            return True
+        plan = sampler.plan(n, now)
+        if plan is None:
+            return False             # everything fits: drained and sent whole
+        first_seq, part = drain_range(plan[0], plan[1], n)
+        self._notable_gate.after_drain()
+        selected = sampler.take_window(first_seq, part, plan, n)
+        if selected:
+            got = self._pending.get(sampler)
+            if got is None:
+                self._pending[sampler] = got = []
+            got += selected
+        self.events_forwarded += n
+        return True
 
     def tick(self, now: Optional[float] = None, final: bool = False) -> None:
         """One sampling period (public so tests and benchmarks can drive it by hand)."""

@@ -127,6 +127,17 @@ class NotableGate:
         self._monitor = monitor
         self._hist: deque = deque(maxlen=2)
 
+    def quiet_now(self) -> bool:
+        """Before a drain: are the counters where they were two drains ago?  Then no notable
+        event is queued -- save one recorded after this very reading (see ``collector``)."""
+        hist = self._hist
+        if len(hist) < 2:
+            return False
+        try:
+            return self._read(self._monitor) == hist[0]
+        except AttributeError:
+            return False
+
     def after_drain(self) -> bool:
         try:
             now = self._read(self._monitor)

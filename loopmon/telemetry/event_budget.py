@@ -31,7 +31,9 @@ What is kept (in stream order), most important first
    lifecycle it cannot close (long-waiting ops reach it through ``Outstanding``).  A window
    is a C slice, and only it is looked at: the sampler's cost no longer grows with the event
    rate (in-process echo at ~300 k events/s: 1.7 -> 0.5-0.8 us per round trip; the old
-   every-k-th-op sampling made per-code passes over the whole drain).
+   every-k-th-op sampling made per-code passes over the whole drain).  On a monitor with
+   ``drain_range`` the window is placed *before* the drain (``plan``) and only its events
+   are ever built: the rest of a quiet drain costs nothing (see ``collector``).
 
 Budget accounting is a token bucket (refilled at the budget rate, up to half a second's worth),
 so a quiet program's bursts go out whole; a window that closed more lifecycles than its room
@@ -107,10 +109,7 @@ class EventSampler:
 
     def select(self, batch: EventBatch, now: float) -> list:
         """The events of ``batch`` this budget sends (the batch itself when all fit)."""
-        if self._last_t is not None:
-            self.tokens = min(self.capacity,
-                              self.tokens + self.budget * max(0.0, now - self._last_t))
-        self._last_t = now
+        self._refill(now)
         n = len(batch)
         if not n:
             return batch
@@ -125,7 +124,51 @@ class EventSampler:
         self.omitted_total += n - len(out)
         return out
 
+    # ------------------------------------------------------------------ ranged drains
+    # With a monitor that offers ``drain_range(start, stop, max_items)`` the collector asks
+    # the sampler *before* draining where its window goes, and only the window's events are
+    # ever built (see ``collector``).  Valid only for a drain with nothing notable in it and
+    # no tracked op ended (``needs_whole_drain``): the other two parts need the whole drain.
+    def needs_whole_drain(self) -> bool:
+        """Did an op sent earlier and still open end?  Then its end must be searched for."""
+        sent_open = self._sent_open
+        if not sent_open:
+            return False
+        table = getattr(self._monitor, "_outstanding", None)
+        if not isinstance(table, dict):
+            return True
+        return bool(sent_open.difference(table))
+
+    def plan(self, n: int, now: float) -> Optional[tuple[int, int, int]]:
+        """Where the window goes among the ``n`` queued events: ``(start, stop, room)``
+        positions to build (the window and its tail), or None when all ``n`` fit."""
+        self._refill(now)
+        if n <= self.tokens:
+            return None
+        m = min(int(max(self.tokens, 1.0)), n)
+        i = self._rng.randrange(n - m + 1)
+        return i, i + m + min(n - i - m, m), m
+
+    def take_window(self, first_seq: int, part: list, plan: tuple[int, int, int],
+                    n: int) -> list:
+        """The events sent out of a ranged drain of ``n`` events: ``part`` is what was built
+        (positions ``plan[0]:plan[1]``), ``first_seq`` the seq of the first event taken."""
+        start, _, m = plan
+        out = self._lifecycles(EventBatch(part, notable=False), first_seq + start + m) if part \
+            else []
+        out.sort(key=_seq_of)
+        self.tokens = max(-self.capacity, self.tokens - len(out))
+        self.sent_total += len(out)
+        self.omitted_total += n - len(out)
+        return out
+
     # ------------------------------------------------------------------ internals
+    def _refill(self, now: float) -> None:
+        if self._last_t is not None:
+            self.tokens = min(self.capacity,
+                              self.tokens + self.budget * max(0.0, now - self._last_t))
+        self._last_t = now
+
     def _track(self, sent_submits: list, ends: list) -> None:
         sent_open = self._sent_open
         if sent_submits:
@@ -212,7 +255,11 @@ class EventSampler:
         i = self._rng.randrange(n - m + 1)
         tail = min(n - i - m, m)
         part = EventBatch(batch[i:i + m + tail], notable=False)
-        hi = part[m - 1][0] + 1                   # the window is seq < hi
+        return self._lifecycles(part, part[m - 1][0] + 1)
+
+    def _lifecycles(self, part: EventBatch, hi: int) -> list:
+        """The window (events of ``part`` with seq < ``hi``): its inline ops, and the whole
+        lifecycles of the ops that went pending in it and ended within ``part``."""
         in_window = hi.__gt__
         out = []
         inline = part.group(EV_OP_INLINE)

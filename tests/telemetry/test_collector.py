@@ -280,3 +280,50 @@ def test_drain_notable_is_used_when_nobody_needs_ordinary_events():
     assert sum(len(x.events) for x in sub.poll() if isinstance(x, OpEvents)) == 5
     assert m.notable_drains == 2
     col.stop()
+
+
+class _RangedMonitor(Monitor):
+    """A monitor with ``drain_range()`` (here in Python, over ``drain()``)."""
+
+    ranged = 0
+
+    def drain_range(self, start, stop, max_items=1 << 30):
+        self.ranged += 1
+        taken = self.drain(max_items)
+        first = taken[0][0] if taken else self._seq_next
+        return first, taken[start:stop]
+
+
+def test_ranged_drain_builds_only_the_window_and_keeps_whole_lifecycles():
+    from loopmon.monitor.events import EV_BUF_PIN, EV_OP_CANCEL, EV_OP_END, EV_OP_SUBMIT
+    m = _RangedMonitor()
+    col = Collector(m, sample_period=60.0, drain_period=60.0, event_budget=2_000,
+                    detectors=[])
+    sub = col.subscribe()
+    sub.poll()
+    produced = 0
+    for k in range(30):
+        for _ in range(300):                      # ~1 500 events per 10 ms: 150 k/s
+            m.op_inline(4, 5, 10, 10)
+            rec = m.op_start_pinned(1, 6, 4096, 4096)
+            m.op_end(rec, 1, 100)
+            m.delivered(100)
+        if k == 20:                               # a cancel: that drain is built whole
+            rec = m.op_start_pinned(1, 7, 4096, 4096)
+            m.op_cancel(rec)
+            m.op_end(rec, 2)
+        produced += m.events_queued()
+        col._ingest(1000.0 + k * 0.01)
+    col.tick(now=1000.3)
+    events = [e for x in sub.poll() if isinstance(x, OpEvents) for e in x.events]
+    assert m.ranged >= 20                         # most drains were ranged
+    assert col._samplers[2_000].omitted_total + len(events) == produced
+    assert [e[0] for e in events] == sorted(e[0] for e in events)
+    codes = [e[1] for e in events]
+    assert codes.count(EV_OP_CANCEL) == 1
+    submits = {e[3] for e in events if e[1] == EV_OP_SUBMIT}
+    ends = {e[3] for e in events if e[1] == EV_OP_END}
+    pins = {e[4] for e in events if e[1] == EV_BUF_PIN}
+    assert submits and submits == ends and submits <= pins
+    assert len(events) <= 2_000 * 0.5 + 2_000 * 0.31 + 200
+    col.stop()
