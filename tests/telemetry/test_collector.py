@@ -327,3 +327,25 @@ def test_ranged_drain_builds_only_the_window_and_keeps_whole_lifecycles():
     assert submits and submits == ends and submits <= pins
     assert len(events) <= 2_000 * 0.5 + 2_000 * 0.31 + 200
     col.stop()
+
+
+class _SkippingMonitor(_RangedMonitor, _NotableMonitor):
+    """Both primitives: a quiet drain with nobody streaming is skipped unread."""
+
+
+def test_a_quiet_drain_nobody_needs_is_skipped_unread_and_a_loud_one_is_not():
+    m = _SkippingMonitor()
+    on_notable = _SpyDetector(lambda notable: notable)
+    col = Collector(m, sample_period=60.0, drain_period=60.0, detectors=[on_notable])
+    for k in range(6):
+        for _ in range(10):
+            m.op_inline(4, 5, 10, 10)
+        col.tick(now=1000.0 + k)
+    assert m.ranged >= 3 and m.events_queued() == 0 and on_notable.seen == []
+    ranged = m.ranged
+    m.op_inline(4, 5, 10, 10)
+    m.op_failed_inline(4, 5, 10, BrokenPipeError())
+    col.tick(now=1010.0)
+    assert m.ranged == ranged and on_notable.seen == [(1, True)]
+    assert m.events_dropped == 0
+    col.stop()
