@@ -752,6 +752,66 @@ drain_impl(CoreObject *m, PyObject *const *args, Py_ssize_t nargs, int notable_o
     return out;
 }
 
+/* drain_range(start, stop, max_items=2**30) -> (first_seq, tuples): take up to max_items
+   queued events like drain(), build only those at positions start..stop-1 of what was taken
+   and read no other slot (a sampler's window; drain_range(0, 0) consumes without reading) */
+static PyObject *
+core_drain_range(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    long long start, stop, max_items = 1LL << 30;
+    if (nargs < 2 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "drain_range(start, stop, max_items=2**30)");
+        return NULL;
+    }
+    if (as_ll(args[0], &start) || as_ll(args[1], &stop)
+        || (nargs == 3 && as_ll(args[2], &max_items)))
+        return NULL;
+    long long avail = m->seq_next - m->next_seq;
+    if (avail > m->cap) {
+        m->events_dropped += avail - m->cap;
+        m->next_seq = m->seq_next - m->cap;
+        avail = m->cap;
+    }
+    long long n = avail < max_items ? avail : max_items;
+    if (n < 0)
+        n = 0;
+    long long first = m->next_seq;
+    if (start < 0)
+        start = 0;
+    if (stop > n)
+        stop = n;
+    long long kept = stop > start ? stop - start : 0;
+    Slot *copy = NULL;
+    if (kept) {
+        copy = PyMem_Malloc((size_t)kept * sizeof(Slot));
+        if (copy == NULL)
+            return PyErr_NoMemory();
+        for (long long i = 0; i < kept; i++) {
+            copy[i] = m->ring[(unsigned long long)(first + start + i) % (unsigned long long)m->cap];
+            Py_XINCREF(copy[i].s);
+        }
+    }
+    m->next_seq = first + n;
+    PyObject *out = PyList_New((Py_ssize_t)kept);
+    if (out != NULL) {
+        for (long long i = 0; i < kept; i++) {
+            PyObject *tup = slot_to_tuple(&copy[i]);
+            if (tup == NULL) {
+                Py_CLEAR(out);
+                break;
+            }
+            PyList_SET_ITEM(out, (Py_ssize_t)i, tup);
+        }
+    }
+    for (long long i = 0; i < kept; i++)
+        Py_XDECREF(copy[i].s);
+    PyMem_Free(copy);
+    if (out == NULL)
+        return NULL;
+    PyObject *res = Py_BuildValue("(LN)", first, out);
+    return res;
+}
+
 /* drain(max_items=2**30) -> list of event tuples */
 static PyObject *
 core_drain(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
@@ -792,6 +852,9 @@ static PyMethodDef core_methods[] = {
      "_emit(code, t, *fields) -> seq: record an event built on the Python side."},
     {"drain", (PyCFunction)(void (*)(void))core_drain, METH_FASTCALL,
      "drain(max_items=2**30) -> list of event tuples.  Single consumer."},
+    {"drain_range", (PyCFunction)(void (*)(void))core_drain_range, METH_FASTCALL,
+     "drain_range(start, stop, max_items=2**30) -> (first_seq, tuples): take like drain(), "
+     "build only the events at positions start..stop-1 of those taken."},
     {"drain_notable", (PyCFunction)(void (*)(void))core_drain_notable, METH_FASTCALL,
      "drain_notable(max_items=2**30) -> like drain(), but only cancels, discards, failures "
      "and op ends with flags or a non-completed outcome are returned."},

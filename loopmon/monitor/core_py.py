@@ -281,6 +281,16 @@ class PyMonitorCore:
         discards, inline failures, op ends with flags or an outcome other than completed."""
         return [e for e in self.drain(max_items) if _is_notable(e)]
 
+    def drain_range(self, start: int, stop: int,
+                    max_items: int = 1 << 30) -> tuple[int, list[tuple]]:
+        """Take up to ``max_items`` events like ``drain()``; return the sequence number of the
+        first one taken and the events at positions ``start..stop-1`` of those taken (the C
+        core builds only those; here they are all popped, the rest thrown away)."""
+        ring = self._ring
+        first = ring[0][0] if ring else self._seq_next
+        taken = self.drain(max_items)
+        return first, taken[max(start, 0):max(stop, 0)]
+
     def events_queued(self) -> int:
         return len(self._ring)
 

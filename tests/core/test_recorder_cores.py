@@ -169,7 +169,7 @@ def test_emit_checks_the_layout(Mon):
 # one step of a random op history: (action, a, b)
 _steps = st.lists(st.tuples(st.sampled_from(["inline", "start", "pinned", "cancel", "end",
                                              "end_keep", "release", "deliver", "drain",
-                                             "drain_notable", "fail_inline"]),
+                                             "drain_notable", "fail_inline", "range"]),
                             st.integers(0, 11), st.integers(0, 1 << 20)),
                   max_size=60)
 
@@ -203,6 +203,10 @@ def test_both_cores_record_the_same_history(steps, capacity):
                 drained[i] += _strip_time(mon.drain(n % 7 + 1))
             elif action == "drain_notable":
                 drained[i] += _strip_time(mon.drain_notable(n % 7 + 1))
+            elif action == "range":
+                first, part = mon.drain_range(kind % 4, kind % 4 + n % 5, n % 9)
+                drained[i].append(("range", first))
+                drained[i] += _strip_time(part)
             elif action == "fail_inline":
                 mon.op_failed_inline(kind, 3, n, OSError())
     for i, mon in enumerate(mons):
@@ -283,3 +287,19 @@ def test_drain_notable_takes_everything_and_returns_the_unusual(Mon):
         (ev.EV_OP_END, late.op_id), (ev.EV_DISCARD, late.op_id),
         (ev.EV_OP_END, drained_at_close.op_id)]
     assert mon.events_queued() == 0 and mon.drain() == [] and mon.events_dropped == 0
+
+
+@pytest.mark.parametrize("Mon", CORES)
+def test_drain_range_builds_only_the_window(Mon):
+    mon = Mon(ring_capacity=16)
+    for i in range(20):                    # 4 overwritten
+        mon.op_inline(ev.KIND_SEND, 1, i, i)
+    first, part = mon.drain_range(2, 5, 10)
+    assert first == 5 and [e[0] for e in part] == [7, 8, 9] and mon.events_dropped == 4
+    assert mon.events_queued() == 6        # 10 taken, 6 left
+    first, part = mon.drain_range(0, 0)    # consume without building anything
+    assert first == 15 and part == [] and mon.events_queued() == 0
+    first, part = mon.drain_range(0, 100)
+    assert first == 21 and part == []
+    mon.op_inline(ev.KIND_SEND, 1, 1, 1)
+    assert [e[0] for e in mon.drain_range(0, 100)[1]] == [21]
