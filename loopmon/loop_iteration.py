@@ -151,9 +151,13 @@ class LeanIterationMixin:
                 finally:
                     self._current_handle = None
             elif handle.__class__ is _Handle or handle.__class__ is _TimerHandle:
-                # Handle._run, in place
+                # Handle._run, in place (a call without arguments needs no argument tuple)
+                args = handle._args
                 try:
-                    handle._context.run(handle._callback, *handle._args)
+                    if args:
+                        handle._context.run(handle._callback, *args)
+                    else:
+                        handle._context.run(handle._callback)
                 except (SystemExit, KeyboardInterrupt):
                     raise
                 except BaseException as exc:

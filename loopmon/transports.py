@@ -346,12 +346,16 @@ class _StreamReceiveMixin:
             self._lm_received_nothing(r, length)
             return
         r.nbytes = -1
-        self._read_fut = None
         data = bytes(memoryview(self._data)[:length]) if _IMMUTABLE_CHUNKS else self._data[:length]
         try:
-            if not self._closing and not self._paused:
-                r.restart()
-                self._read_fut = r
+            try:
+                if self._closing or self._paused:
+                    self._read_fut = None
+                else:
+                    r.restart()         # the next receive: _read_fut stays r
+            except BaseException:
+                self._read_fut = None   # no receive in flight, as if restart() had not run
+                raise
         except ConnectionAbortedError as exc:
             if not self._closing:
                 self._fatal_error(exc, "Fatal read error on pipe transport")
@@ -420,11 +424,14 @@ class _InlineWriteMixin:
     def write(self, data):
         # (no _closing test: close() and _force_close() always count _conn_lost too)
         if (self._write_fut is None and not self._buffer and not self._conn_lost
-                and not self._eof_written and self._empty_waiter is None and data
-                and (data.__class__ is bytes
-                     or isinstance(data, (bytes, bytearray, memoryview)))):
+                and not self._eof_written and self._empty_waiter is None):
             if data.__class__ is not bytes:
+                if not isinstance(data, (bytes, bytearray, memoryview)):
+                    _base_write(self, data)     # its TypeError
+                    return
                 data = bytes(data)          # the caller may reuse its buffer
+            if not data:
+                return
             try_send = self._lm_try_send
             if try_send is not None:
                 fut = try_send(self._sock, data)

@@ -419,7 +419,7 @@ class SelectorProactor(FaultEmulationMixin, FdTableMixin):
                     if op.__class__ is StreamReceive:
                         # the hot path: a stream transport's receive, _run_readers' work inline
                         try:
-                            n = op._lm_obj.recv_into(op._lm_buf)
+                            n = op._lm_obj.recv_into(op._buffer)
                         except _WOULD_BLOCK:
                             st.drained = False      # readiness lied: try inline next time
                             continue
@@ -638,7 +638,6 @@ class SelectorProactor(FaultEmulationMixin, FdTableMixin):
             st = self._waiters_for(r._lm_obj)
         r._lm_st = st
         r._lm_backend = self
-        r._lm_buf = r._buffer
         mon = self.monitor
         if mon is not None:
             r._lm_rec = mon.op_start_pinned(KIND_RECV_INTO, st.fd, r._lm_n, r._lm_n)

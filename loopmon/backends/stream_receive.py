@@ -33,10 +33,10 @@ one, ``op_cancel`` and a cancelled ``op_end`` for a cancel.  The "last receive d
 socket" hint (``FdWaiters.drained``) sends a receive straight to pending, as it does
 for ``recv_into``.
 
-Traps: the generic paths clear ``_lm_backend`` and ``_lm_buf`` when an op ends, so
-``start()`` sets both again (``_lm_backend`` set means "pending and cancellable", as on a
-``_PendingOp``); and the fd number is cached, so a socket closed behind the transport's
-back is caught by ``st.obj is sock`` and fails inline with ``EBADF``, as ``recv_into`` does.
+Traps: the generic paths clear ``_lm_backend`` when an op ends, so every receive that goes
+pending sets it again (set means "pending and cancellable", as on a ``_PendingOp``); they
+also drop an ended op's ``_lm_buf``, which here is a property that always answers the
+transport's buffer (the one buffer every receive of the transport uses).
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ _NO_RECORD = FdWaiters(-1, None)    # never drained: the first receive takes the
 class StreamReceive:
     """A socket transport's persistent receive into its buffer (see the module docstring)."""
 
-    __slots__ = ("_lm_backend", "_lm_kind", "_lm_obj", "_lm_fd", "_lm_buf", "_lm_n",
+    __slots__ = ("_lm_backend", "_lm_kind", "_lm_obj", "_lm_fd", "_lm_n",
                  "_lm_arg", "_lm_done", "_lm_rec", "_lm_cont", "nbytes", "error",
                  "_proactor", "_monitor", "_buffer", "_lm_st")
 
@@ -81,7 +81,6 @@ class StreamReceive:
         self._lm_kind = KIND_RECV_INTO
         self._lm_obj = sock
         self._lm_fd = sock.fileno()
-        self._lm_buf = buf
         self._lm_n = len(buf)
         self._lm_arg = 0
         self._lm_done = 0
@@ -110,7 +109,6 @@ class StreamReceive:
             # (drained implies: st is still sock's live record, watched for reading, and
             # the backend is open -- fdtable and close() clear it otherwise)
             self._lm_backend = self._proactor
-            self._lm_buf = self._buffer
             mon = self._monitor
             if mon is not None:
                 self._lm_rec = mon.op_start_pinned(KIND_RECV_INTO, st.fd, self._lm_n, self._lm_n)
@@ -145,6 +143,15 @@ class StreamReceive:
         return exc
 
     # ------------------------------------------------------------------ the future's face
+    @property
+    def _lm_buf(self) -> Any:
+        """The op's buffer, as on a ``_PendingOp``: always the transport's own."""
+        return self._buffer
+
+    @_lm_buf.setter
+    def _lm_buf(self, value: Any) -> None:
+        pass    # the generic paths drop an ended op's buffer; this one is reused, not released
+
     def done(self) -> bool:
         return self.nbytes != -1
 
