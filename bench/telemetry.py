@@ -128,14 +128,16 @@ def _env(runtime_dir: str, **extra: str) -> dict:
 
 
 UNLIMITED = "agent + client, no budget"
+SAMPLES_ONLY = "agent + client, samples only"
 
 
 class _StreamingClient(threading.Thread):
     """A client on its own thread and asyncio loop, decoding every frame until the end."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, **connect_kwargs: Any) -> None:
         super().__init__(daemon=True)
         self.pid = pid
+        self.connect_kwargs = connect_kwargs
         self.events = 0
         self.omitted = 0                 # left out by the agent's event budget (last Sample)
         self.connected = threading.Event()
@@ -144,7 +146,7 @@ class _StreamingClient(threading.Thread):
         from loopmon import client as lc
 
         async def main() -> None:
-            c = await lc.connect(self.pid)
+            c = await lc.connect(self.pid, **self.connect_kwargs)
             self.connected.set()
             async for msg in c:
                 ev = getattr(msg, "events", None)
@@ -171,12 +173,12 @@ def _echo_once(script: str, variant: str, rounds: int,
     try:
         assert p.stdout.readline().strip() == "ready"
         streamer = None
-        if variant in ("agent + client", UNLIMITED):
+        if variant in ("agent + client", UNLIMITED, SAMPLES_ONLY):
             from loopmon.telemetry import discovery
             os.environ["LOOPMON_RUNTIME_DIR"] = runtime_dir
             while discovery.find(p.pid) is None:
                 time.sleep(0.01)
-            streamer = _StreamingClient(p.pid)
+            streamer = _StreamingClient(p.pid, op_events=variant != SAMPLES_ONLY)
             streamer.start()
             streamer.connected.wait(10)
             time.sleep(0.2)                  # past the backlog
@@ -208,7 +210,7 @@ def _echo_once(script: str, variant: str, rounds: int,
 
 
 VARIANT_NAMES = {"none": "no agent", "agent": "agent, no client", "client": "agent + client",
-                 "unlimited": UNLIMITED}
+                 "unlimited": UNLIMITED, "samples": SAMPLES_ONLY}
 
 
 def bench_echo(rounds: int, per_conn: int, unlimited: bool = False,
@@ -337,8 +339,11 @@ def main() -> None:
         first = series[min(5, len(series) - 1)][1]
         last = series[-1][1]
         peak = max(r for _, r in series)
+        every = max(1, len(series) // 6)
+        points = ", ".join(f"{r:.1f} @{t:.0f}s" for t, r in series[::every])
         print(f"| RSS, fast echo + a client that never reads, {args.rss_seconds:g} s | "
-              f"{first:.1f} MiB at 5 s -> {last:.1f} MiB at end (peak {peak:.1f}) | flat |")
+              f"{first:.1f} MiB at 5 s -> {last:.1f} MiB at end (peak {peak:.1f}); "
+              f"MiB over time: {points} | flat |")
 
 
 if __name__ == "__main__":

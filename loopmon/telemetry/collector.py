@@ -6,9 +6,9 @@ The monitored loop only appends tuples to its Monitor's bounded ring and bumps p
 Everything else happens here, on a daemon thread that never touches the loop: every
 ``sample_period`` (default 50 ms) it
 
-1. drains the ring (``monitor.drain()``, single consumer: this thread is the only one) and,
-   if anybody needs the events, wraps them in an ``EventBatch`` (per-code views made once, in
-   C, shared by every consumer below),
+1. drains the ring (single consumer: this thread is the only one) the cheapest way that
+   serves whoever needs the events (``drain.EventDrain``), in an ``EventBatch`` (per-code
+   views made once, in C, shared by the consumers below) when a batch is needed at all,
 2. feeds the events to the detectors that want them (``wants_events``, ``observe``) and asks
    every detector for alerts (``evaluate``);
    the detectors package is imported lazily and may be absent or broken -- its errors are
@@ -20,39 +20,14 @@ Everything else happens here, on a daemon thread that never touches the loop: ev
    ``Outstanding`` messages to every Subscription -- with no subscriber, nothing is built.
 
 This thread shares the GIL with the monitored loop, so its Python work per event is the
-program's slowdown.  It drains every ``drain_period`` (10 ms), not once per sample: the
-events are then still in the CPU's caches (a 50 ms batch of a busy server is ~1 MB of
-tuples), and draining, the detectors' ``observe`` and the budget selection run on each small
-batch; ``evaluate``, the Sample and the fan-out happen once per ``sample_period``.  Measured
-on the echo benchmark: the collector with no client cost the loop 17 % at 50 ms drains, 7 %
-at 10 ms.
+program's slowdown.  It drains every ``drain_period`` (10 ms), not once per sample, and
+``evaluate``, the Sample and the fan-out happen once per ``sample_period``.  How a drain
+avoids building or touching events nobody needs (with the C monitor core: most drains,
+nothing per event) is ``drain``'s business.
 
-Most drains nobody needs: a detector only wants events the monitor's counters say may be
-notable (a cancel, a discard, a failure ...: ``EventBatch.notable``, from ``NotableGate``),
-and with no subscriber streaming op events a healthy program's drain is dropped unread --
-no batch, no per-code pass.  (With the C monitor core, tuples are built by ``drain()`` on
-this thread: draining alone was ~1.9 us per echo round trip, ~190 ns per event, in-process;
-the detectors' per-event passes on top of it were another ~2.2 us and are gone.)  A monitor
-that offers ``drain_notable()`` -- pop every queued event like ``drain()``, but build and
-return only the notable ones (cancels, discards, inline failures, op ends with flags or an
-outcome other than completed) -- is drained with it whenever no subscriber streams op events
-and no detector wants ordinary events: then a healthy program costs this thread nothing per
-event.  (The decision is taken before the drain, from the counters: lost-data's "gap above
-its threshold" may be read a moment early.)
-
-With one budgeted stream over its budget, a monitor that offers ``drain_range(start, stop,
-max_items)`` -- take ``max_items`` queued events like ``drain(max_items)``, return
-``(seq of the first one taken, tuples of those at positions start..stop-1)``, reading no
-other slot -- is drained with it: the sampler places its window first (``plan``) and only
-the window is built.  That needs a drain with nothing notable in it (``NotableGate.quiet_now``,
-read just before the call: a notable event recorded between that read and the drain is
-consumed unseen -- the counters, which the alerts rest on, still count it) and no tracked op
-ended; otherwise, and with several budgets or an unlimited subscriber, the whole drain is
-built as before.  With no stream, a quiet drain is ``drain_range(0, 0)``: every queued event
-taken, none read -- reading the slots alone (drain_notable) cost ~85 ns per event in
-the collector, cache misses on a ring the loop thread wrote from another core.  Each subscriber has an **event budget** (op events/s, default 20 k,
-``LOOPMON_EVENT_BUDGET``; see ``event_budget``): above it the tick's events are thinned --
-cancels, discards, failures and whole sampled op lifecycles first -- and the count left out
+Each subscriber has an **event budget** (op events/s, default 20 k,
+``LOOPMON_EVENT_BUDGET``; see ``event_budget``): above it the events are thinned --
+cancels, discards, failures and windows of whole op lifecycles -- and the count left out
 travels in that subscriber's ``Sample.counters["events_omitted"]`` (with ``event_budget``).
 Subscribers with the same budget share the selected ``OpEvents`` messages (encoded once).
 
@@ -86,7 +61,7 @@ from collections import deque
 from typing import Any, Callable, Optional
 
 from ..monitor import Monitor
-from .event_batch import EventBatch, NotableGate
+from .drain import EventDrain
 from .event_budget import EventSampler, budget_from_env, effective_budget
 from .process_figures import ProcessFigures
 from .messages import (PROTOCOL_MAJOR, PROTOCOL_MINOR, Alert, Dropped, Goodbye, Hello, History,
@@ -96,7 +71,7 @@ from .wire import OP_EVENTS_PER_FRAME
 log = logging.getLogger("loopmon.telemetry")
 
 DEFAULT_SAMPLE_PERIOD = 0.05
-DEFAULT_DRAIN_PERIOD = 0.01     # the ring is drained 5 times per sample (hot events: see above)
+DEFAULT_DRAIN_PERIOD = 0.01     # 5 drains per sample (measured: 25 ms drains cost a client more)
 DEFAULT_SUBSCRIPTION_MAXLEN = 2000      # messages
 DEFAULT_SUBSCRIPTION_MAX_EVENTS = 100_000   # op events held in OpEvents messages
 OUTSTANDING_CAP = 1000          # ops per Outstanding message (oldest first)
@@ -223,8 +198,6 @@ class Collector:
         self._drains_per_tick = max(1, round(self.sample_period / max(drain_period, 1e-3)))
         self.drain_period = self.sample_period / self._drains_per_tick
         self._work_lock = threading.Lock()       # one drainer at a time (thread or tick())
-        self._pending: dict[Optional[EventSampler], list] = {}   # selected since the last tick
-        self._notable_gate = NotableGate(monitor)
         self.argv = list(sys.argv if argv is None else argv)
         # op events/s a subscriber is sent at most (0: unlimited); see event_budget.py
         self.event_budget = budget_from_env() if event_budget is None else max(0, int(event_budget))
@@ -242,7 +215,7 @@ class Collector:
         self.last_detector_error = ""
         self.ticks = 0
         self.tick_errors = 0
-        self.events_forwarded = 0
+        self._drain = EventDrain(monitor, self._observers, self._note_detector_error)
         self._subs: list[Subscription] = []
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
@@ -364,83 +337,16 @@ class Collector:
             sub._wake()
 
     def _ingest(self, now: float) -> None:
-        """Drain the ring; detectors and event budgets see the events while they are hot.
-
-        Called every ``drain_period`` (and by ``tick``), with ``_work_lock`` held.
-        """
-        mon = self.monitor
+        """One drain (every ``drain_period``, and in ``tick``), with ``_work_lock`` held:
+        ``EventDrain`` picks the cheapest way to serve the detectors and the streams."""
         with self._lock:
             streams = {sub._sampler for sub in self._subs if sub.op_events}
-        if len(streams) == 1 and None not in streams and self._ranged_drain(streams, now):
-            return
-        drain_notable = None if streams else getattr(mon, "drain_notable", None)
-        if drain_notable is not None and not self._observers(False):
-            # nobody needs an ordinary event: a monitor that can skip them unbuilt hands over
-            # only the notable ones (see the module docstring) -- or, when the counters say
-            # there are none, takes them all without reading a slot (``drain_range(0, 0)``)
-            drain_range = getattr(mon, "drain_range", None)
-            if drain_range is not None and self._notable_gate.quiet_now():
-                drain_range(0, 0)
-                self._notable_gate.after_drain()
-                return
-            drained = drain_notable()
-            self._notable_gate.after_drain()
-            if not drained:
-                return
-            notable = True
-        else:
-            drained = mon.drain()
-            if not drained:
-                return
-            notable = self._notable_gate.after_drain()
-        observers = self._observers(notable)
-        if not observers and not streams:
-            return      # nobody needs these events: drained only to keep the ring moving
-        events = EventBatch(drained, notable)
-        del drained
-        for det in observers:
-            try:
-                det.observe(events)
-            except Exception as exc:
-                self._note_detector_error(exc)
-        pending = self._pending
-        for sampler in streams:
-            selected = sampler.select(events, now) if sampler is not None else events
-            if selected:
-                got = pending.get(sampler)
-                if got is None:
-                    pending[sampler] = got = []
-                got += selected
-        if streams:
-            self.events_forwarded += len(events)
+        self._drain.ingest(now, streams)
 
-    def _ranged_drain(self, streams: set, now: float) -> bool:
-        """One budgeted stream over budget, on a monitor with ``drain_range``: build only the
-        events of the sampler's window.  False: this drain needs the ordinary path."""
-        mon = self.monitor
-        drain_range = getattr(mon, "drain_range", None)
-        if drain_range is None:
-            return False
-        (sampler,) = streams
-        if (self._observers(False) or not self._notable_gate.quiet_now()
-                or sampler.needs_whole_drain()):
-            return False
-        n = mon.events_queued()
-        if not n:
-            return True
-        plan = sampler.plan(n, now)
-        if plan is None:
-            return False             # everything fits: drained and sent whole
-        first_seq, part = drain_range(plan[0], plan[1], n)
-        self._notable_gate.after_drain()
-        selected = sampler.take_window(first_seq, part, plan, n)
-        if selected:
-            got = self._pending.get(sampler)
-            if got is None:
-                self._pending[sampler] = got = []
-            got += selected
-        self.events_forwarded += n
-        return True
+    @property
+    def events_forwarded(self) -> int:
+        """Events drained while somebody streamed op events."""
+        return self._drain.events_forwarded
 
     def tick(self, now: Optional[float] = None, final: bool = False) -> None:
         """One sampling period (public so tests and benchmarks can drive it by hand)."""
@@ -468,7 +374,7 @@ class Collector:
             in_use = {sub.event_budget for sub in subs if sub.op_events}
             for budget in [b for b in self._samplers if b not in in_use]:
                 del self._samplers[budget]          # stale state must not outlive its users
-        pending, self._pending = self._pending, {}
+        pending = self._drain.take_pending()
         if not subs:
             return                                  # nobody to encode or copy anything for
         tail: list[Any] = []

@@ -1,0 +1,122 @@
+"""Taking a monitor's events off its ring at the least cost for whoever needs them.
+
+Why it matters
+--------------
+The collector's thread shares the GIL with the monitored loop, and a busy echo server
+records ~350 k events/s (ten per round trip).  With the C monitor core an event is a slot in
+a C ring until ``drain()`` builds its tuple -- on the collector's thread: building and later
+freeing it cost ~190 ns per event there (in-process echo, ~1.9 us per round trip; reading a
+slot is a cache miss, the loop thread wrote it from another core).  Any Python pass per event
+on top (the detectors' ``observe``, the budget's selection) cost as much again.  So each
+drain first asks who needs what, from plain-int counters, and takes the cheapest path:
+
+* **Nobody needs ordinary events** (no subscriber streams op events, and no detector's
+  ``wants_events(monitor, False)``): if the counters have not moved since two drains ago
+  (``NotableGate.quiet_now``) nothing notable is queued, and ``drain_range(0, 0)`` takes
+  every queued event without reading a slot; otherwise ``drain_notable()`` builds only the
+  notable ones -- cancels, discards, failures, op ends with flags or an outcome other than
+  completed -- for the detectors that want them.
+* **One budgeted stream over its budget, nothing notable queued, no tracked op ended**: the
+  sampler places its window of whole lifecycles first (``EventSampler.plan``) and
+  ``drain_range(start, stop, n)`` builds only those events (``take_window``).
+* **Otherwise** (several budgets, an unlimited subscriber, a notable drain, a detector that
+  wants every event, a monitor without these primitives): ``drain()`` builds everything; the
+  batch goes to the detectors that want it (``EventBatch.notable`` from the counters) and to
+  each budget's ``select``.
+
+Measured (in-process echo, per round trip of collector CPU): no client 4.1 us with every
+event observed -> ~0.2 us; a default-budget client 6.1 us -> ~1.3 us.
+
+Traps: the decision for the first two paths is taken *before* the drain, from counters read
+just before it.  A notable event recorded between that read and the drain (the loop thread
+can only get in if the GIL switches in those few bytecodes) is consumed unseen: its counter
+still counts it, and the alerts rest on the counters; only its evidence (which op) is lost.
+Lost-data's "gap above its threshold" may likewise be read a moment early.  The gate must
+see every drain, whichever path took it (``after_drain``).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from .event_batch import EventBatch, NotableGate
+from .event_budget import EventSampler
+
+
+class EventDrain:
+    """Drains one monitor every drain period; what each stream selected waits in ``pending``."""
+
+    def __init__(self, monitor: Any, observers: Callable[[bool], list],
+                 note_error: Callable[[BaseException], None]) -> None:
+        self.monitor = monitor
+        self._observers = observers          # notable -> the detectors that want the events
+        self._note_error = note_error
+        self._gate = NotableGate(monitor)
+        self.pending: dict[Optional[EventSampler], list] = {}   # selected since the last take
+        self.events_forwarded = 0            # events drained while somebody streamed
+
+    def take_pending(self) -> dict[Optional[EventSampler], list]:
+        pending, self.pending = self.pending, {}
+        return pending
+
+    def ingest(self, now: float, streams: set) -> None:
+        """One drain.  ``streams``: the sampler of each budget streamed to (None: unlimited)."""
+        mon = self.monitor
+        if len(streams) == 1 and None not in streams and self._ranged(next(iter(streams)), now):
+            return
+        drain_notable = None if streams else getattr(mon, "drain_notable", None)
+        if drain_notable is not None and not self._observers(False):
+            drain_range = getattr(mon, "drain_range", None)
+            if drain_range is not None and self._gate.quiet_now():
+                drain_range(0, 0)            # nothing notable queued: take it all unread
+                self._gate.after_drain()
+                return
+            drained = drain_notable()
+            self._gate.after_drain()
+            if not drained:
+                return
+            notable = True
+        else:
+            drained = mon.drain()
+            if not drained:
+                return
+            notable = self._gate.after_drain()
+        observers = self._observers(notable)
+        if not observers and not streams:
+            return      # nobody needs these events: drained only to keep the ring moving
+        events = EventBatch(drained, notable)
+        del drained
+        for det in observers:
+            try:
+                det.observe(events)
+            except Exception as exc:
+                self._note_error(exc)
+        for sampler in streams:
+            self._add(sampler, sampler.select(events, now) if sampler is not None else events)
+        if streams:
+            self.events_forwarded += len(events)
+
+    def _ranged(self, sampler: EventSampler, now: float) -> bool:
+        """Build only the sampler's window.  False: this drain needs another path."""
+        mon = self.monitor
+        drain_range = getattr(mon, "drain_range", None)
+        if (drain_range is None or self._observers(False) or not self._gate.quiet_now()
+                or sampler.needs_whole_drain()):
+            return False
+        n = mon.events_queued()
+        if not n:
+            return True
+        plan = sampler.plan(n, now)
+        if plan is None:
+            return False             # everything fits: drained and sent whole
+        first_seq, part = drain_range(plan[0], plan[1], n)
+        self._gate.after_drain()
+        self._add(sampler, sampler.take_window(first_seq, part, plan, n))
+        self.events_forwarded += n
+        return True
+
+    def _add(self, sampler: Optional[EventSampler], selected: list) -> None:
+        if selected:
+            got = self.pending.get(sampler)
+            if got is None:
+                self.pending[sampler] = got = []
+            got += selected
