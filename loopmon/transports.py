@@ -92,12 +92,18 @@ class _CountDeliveredMixin:
     of ``(data, length)``, EOF being length 0) holds whatever arrives while paused, plus the
     unfed rest of a chunk a buffered protocol paused in; ``resume_reading`` drains it, oldest
     first, before anything newer is delivered.  ``delivered`` is counted per hand-over.
+    Once the OS reported end-of-file, ``resume_reading`` issues no new receive: the stdlib
+    one did, and a protocol paused across EOF got ``eof_received`` twice (the second EOF
+    came from the new receive, the first from the backlog).
     """
 
     __slots__ = ()
     _lm_backlog = None          # deque, created on first need
+    _lm_eof = False             # the OS reported end-of-file: never receive again
 
     def _data_received(self, data, length):
+        if not length:
+            self._lm_eof = True
         backlog = self._lm_backlog
         if self._paused or backlog:
             if backlog is None:
@@ -110,7 +116,7 @@ class _CountDeliveredMixin:
         if self._closing or not self._paused:
             return
         self._paused = False
-        if self._read_fut is None:
+        if self._read_fut is None and not self._lm_eof:
             self._loop.call_soon(self._loop_reading, None)
         if self._lm_backlog:
             self._loop.call_soon(self._lm_drain_backlog)
@@ -228,7 +234,7 @@ class _ContinuedReadMixin:
                         # we got end-of-file so no need to reschedule a new read
                         return
                     if _IMMUTABLE_CHUNKS:
-                        data = bytes(memoryview(self._data)[:length])
+                        data = memoryview(self._data)[:length].tobytes()
                     else:
                         data = self._data[:length]
                 else:
@@ -313,6 +319,10 @@ class _StreamReceiveMixin:
         """After the base ``__init__`` (``_sock`` and ``_data`` exist, the first read is queued)."""
         make = getattr(self._loop._proactor, "stream_receiver", None)
         if make is not None:
+            if _IMMUTABLE_CHUNKS:
+                # 3.12+ hands protocols bytes: copy out through one view kept for good
+                # (memoryview(...) per chunk cost as much again as the copy on 3.12)
+                self._lm_view = memoryview(self._data)
             self._lm_monitor = self._loop.monitor
             self._lm_receiver = make(self._sock, self._data,
                                      events.Handle(self._lm_received, (), self._loop, None))
@@ -346,7 +356,7 @@ class _StreamReceiveMixin:
             self._lm_received_nothing(r, length)
             return
         r.nbytes = -1
-        data = bytes(memoryview(self._data)[:length]) if _IMMUTABLE_CHUNKS else self._data[:length]
+        data = self._lm_view[:length].tobytes() if _IMMUTABLE_CHUNKS else self._data[:length]
         try:
             try:
                 if self._closing or self._paused:
