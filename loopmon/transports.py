@@ -20,9 +20,12 @@ Several fixes ride along, for bare and instrumented loops alike (a bare loop has
   16-byte ``recv`` on the write end, which works on a Windows named pipe but not on a POSIX
   pipe, so ``WritePipeTransport`` asks the backend for ``wait_pipe_closed`` instead.
 * Socket writes that complete inline skip the future and its done-callback hop
-  (``_InlineWriteMixin``), and the read loop of stream and pipe transports continues
-  through one persistent handle instead of a done callback per receive
-  (``_ContinuedReadMixin``) -- both where the backend offers it (the selector backend).
+  (``_InlineWriteMixin``); the read loop of a socket transport runs on one persistent
+  receive object and handle, with no future per chunk (``_StreamReceiveMixin``), and that
+  of a pipe transport on one persistent handle instead of a done callback per receive
+  (``_ContinuedReadMixin``) -- each where the backend offers it (the selector backend;
+  io_uring offers the last two).
+* End-of-file is delivered once: after it, ``resume_reading`` issues no new receive.
 * An exception raised by ``data_received`` is a fatal error for the transport, as on the
   selector loop (the stdlib proactor lets it escape and leaves the transport open); and a
   ``BufferedProtocol`` that pauses reading gets no more ``buffer_updated`` calls until it

@@ -42,14 +42,19 @@ The traps
   pending ``recv_into`` drained it (``drained``; that is the stream transports' receive --
   a short datagram says nothing about the queue) and the next one goes straight to pending.
   Readiness is level-triggered, so data that arrived meanwhile completes it on the very
-  next ``select()``.
-* **The stream hot path skips the future machinery where it can.**  ``try_send`` (a socket
-  transport's idle ``write()``) returns None instead of an already-finished future when
-  all bytes went out inline; ``recv_into_then`` queues the transport's persistent read
-  handle on completion instead of a done callback (which would build a ``Handle`` per
-  chunk); both record exactly what ``send``/``recv_into`` record.  ``select()`` polls
-  epoll directly and maps fds through our own table (``EpollSelector.select`` would build
-  a ``(key, events)`` list per pass); other selectors go through ``selectors``.
+  next ``select()``.  ``drained`` is only ever true on a live record watched for reading
+  (``fdtable``), so that one attribute is the whole test.
+* **The stream hot path skips the future machinery.**  A socket transport reads through
+  one persistent ``StreamReceive`` (``stream_receiver``; see ``stream_receive``): no
+  future, no done callback, no ``Handle`` per chunk -- the op object is re-armed per
+  receive and queues the transport's persistent handle when it ends.  ``select()`` polls
+  epoll directly, maps fds through our own table (``EpollSelector.select`` would build a
+  ``(key, events)`` list per pass) and completes a ``StreamReceive`` at the head of a
+  queue on a plain ``EPOLLIN`` inline; everything else goes through ``_dispatch`` (and
+  other selectors through ``selectors``).  ``try_send`` (a socket transport's idle
+  ``write()``) returns None instead of an already-finished future when all bytes went out
+  inline; pipes keep ``recv_into_then`` (a persistent handle, but a future per receive).
+  All of them record exactly what ``send``/``recv_into`` record.
 * **Internal fds are not recorded.**  The loop's self-pipe reader uses ``recv_unrecorded``.
 * **Pipes are not sockets.**  Pipe transports hand us file objects: those use
   ``os.read``/``os.readv``/``os.write`` and record ``KIND_READ_PIPE``/``KIND_WRITE_PIPE``.
