@@ -167,7 +167,7 @@ class SelectorProactor(FaultEmulationMixin, FdTableMixin):
                        flags: int = 0) -> asyncio.Future:
         """``recv_into`` whose completion also queues the loop handle ``then``.
 
-        For a transport's read loop (``transports._ContinuedReadMixin``): ``then`` (a handle
+        For a transport's read loop (``transport_reads._ContinuedReadMixin``): ``then`` (a handle
         nobody cancels: it goes straight onto the ready queue) is queued
         when the op completes or fails -- at once when that happens inline -- and never when
         it is cancelled.  It replaces a done callback per receive.

@@ -14,7 +14,7 @@ and sits in the fd's reader queue like one, so the generic paths (``_run_readers
 path for it at the head of a queue.  It answers ``done``/``set_result``/``set_exception``/
 ``cancel`` as the future would, and the transport keeps it as ``_read_fut``.
 
-The protocol with the transport (``transports._StreamReceiveMixin``):
+The protocol with the transport (``transport_reads._StreamReceiveMixin``):
 
 * ``start()`` issues the next receive.  It completes inline (the result is stored and the
   transport's persistent handle queued at once) or goes pending in the fd's reader queue
