@@ -116,11 +116,33 @@ class _InlineWriteMixin:
 class SocketTransport(_CountDeliveredMixin, _StreamReceiveMixin, _ContinuedReadMixin,
                       _InlineWriteMixin, _TolerantCloseMixin,
                       proactor_events._ProactorSocketTransport):
-    """``_ProactorSocketTransport`` + delivered-bytes accounting + inline writes and reads."""
+    """``_ProactorSocketTransport`` + delivered-bytes accounting + inline writes and reads.
+
+    The state the read and write paths touch per chunk lives in slots -- the stdlib's own
+    attributes too: its ``__init__`` assigns them as usual and the slot descriptors take
+    them.  An instance ``__dict__`` (the base classes have one) loses its shared-key layout
+    as soon as instances add attributes in different orders, and 3.12+ then stops
+    specialising every attribute access on it; a slot is a fixed offset on every version.
+    The mixins' class-level defaults for the ``_lm_*`` names are shadowed by these slots,
+    so ``__init__`` sets them all before the base ``__init__`` runs.
+    """
+
+    __slots__ = (
+        # stdlib proactor transport state (assigned by its __init__ and methods)
+        "_sock", "_protocol", "_server", "_buffer", "_read_fut", "_write_fut",
+        "_pending_write", "_conn_lost", "_closing", "_called_connection_lost",
+        "_eof_written", "_empty_waiter", "_pending_data_length", "_paused", "_data",
+        # ours
+        "_lm_try_send", "_lm_receiver", "_lm_view", "_lm_plain_protocol", "_lm_monitor",
+        "_lm_backlog", "_lm_eof",
+    )
 
     def __init__(self, loop, *args, **kw):
         # before the base __init__, which schedules the first _loop_reading
         self._lm_try_send = getattr(loop._proactor, "try_send", None)
+        self._lm_receiver = self._lm_view = self._lm_plain_protocol = self._lm_monitor = None
+        self._lm_backlog = None
+        self._lm_eof = False
         super().__init__(loop, *args, **kw)
         self._lm_init_receiver()
         if self._lm_receiver is None:
