@@ -60,6 +60,10 @@ from .event_batch import EventBatch
 DEFAULT_EVENT_BUDGET = 20_000        # events/s per client
 BURST_SECONDS = 0.5                  # the bucket holds this much of the budget
 _SENT_OPEN_TRIM = 200_000
+#: in-flight ops whose ends are sent although the sampler never saw them start: the ones the
+#: client knows from its ``Outstanding`` backlog (the collector lists at most this many).
+#: ``needs_whole_drain`` checks them against the in-flight table every drain.
+SEEDED_OPS = 1000
 
 _seq_of = itemgetter(0)
 _op_of = itemgetter(3)               # op id of submit / cancel / end / discard
@@ -102,8 +106,8 @@ class EventSampler:
         self._rng = random.Random(0x10097)
         self._missing: set[int] = set()   # ops seen ended whose end was not in the last drain
         if monitor is not None:
-            try:
-                self._sent_open.update(op.op_id for op in monitor.outstanding())
+            try:   # the client's Outstanding backlog lists the oldest SEEDED_OPS of them
+                self._sent_open.update(op.op_id for op in monitor.outstanding()[:SEEDED_OPS])
             except Exception:
                 pass
 
