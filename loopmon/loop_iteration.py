@@ -150,14 +150,17 @@ class LeanIterationMixin:
                                        _format_handle(handle), dt)
                 finally:
                     self._current_handle = None
-            elif handle.__class__ is _Handle or handle.__class__ is _TimerHandle:
-                # Handle._run, in place (a call without arguments needs no argument tuple)
+            elif type(handle) is _Handle or type(handle) is _TimerHandle:
+                # Handle._run, in place (no argument tuple for 0 or 1 arguments: the common
+                # cases, the transports' read handles and the tasks' wake-ups)
                 args = handle._args
                 try:
-                    if args:
-                        handle._context.run(handle._callback, *args)
-                    else:
+                    if not args:
                         handle._context.run(handle._callback)
+                    elif len(args) == 1:
+                        handle._context.run(handle._callback, args[0])
+                    else:
+                        handle._context.run(handle._callback, *args)
                 except (SystemExit, KeyboardInterrupt):
                     raise
                 except BaseException as exc:

@@ -86,7 +86,7 @@ class _InlineWriteMixin:
         # (no _closing test: close() and _force_close() always count _conn_lost too)
         if (self._write_fut is None and not self._buffer and not self._conn_lost
                 and not self._eof_written and self._empty_waiter is None):
-            if data.__class__ is not bytes:
+            if type(data) is not bytes:
                 if not isinstance(data, (bytes, bytearray, memoryview)):
                     _base_write(self, data)     # its TypeError
                     return

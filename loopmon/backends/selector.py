@@ -421,7 +421,7 @@ class SelectorProactor(FaultEmulationMixin, FdTableMixin):
                 readers = st.readers
                 if readers and st.reader_handle is None:
                     op = readers[0]
-                    if op.__class__ is StreamReceive:
+                    if type(op) is StreamReceive:
                         # the hot path: a stream transport's receive, _run_readers' work inline
                         try:
                             n = op._lm_obj.recv_into(op._buffer)
