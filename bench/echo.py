@@ -9,7 +9,9 @@ Two workloads, both over asyncio streams with client and server in the same loop
 
 Timings on shared machines are noisy, so every loop runs in the *same* process and run,
 the order rotates each round (``--rounds``), and the table shows medians and ratios
-against the stdlib ``SelectorEventLoop`` of the same run.  Nothing is asserted.
+against the stdlib ``SelectorEventLoop`` of the same run; below it, the median of each
+loop's same-round ratios against the stdlib (round trips/s, and CPU per round trip), which
+drifting load disturbs less.  Nothing is asserted.
 
     PYTHONPATH=. python bench/echo.py --rounds 5 --seconds 2
 """
@@ -177,6 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         rb = med_bulk[n] / med_bulk[ref] if ref in med_bulk else float("nan")
         print(f"| {n} | {med_echo[n]:,.0f} | {re:.2f}x | {med_cpu[n]:.1f} | "
               f"{med_bulk[n]:,.0f} | {rb:.2f}x |")
+    if ref in echo and len(names) > 1:
+        # each loop against the stdlib run of the same round: steadier than a ratio of
+        # medians when the machine's load drifts between rounds
+        pairs_vs_ref = ", ".join(
+            f"{n} {statistics.median(x / r for x, r in zip(echo[n], echo[ref])):.2f}x "
+            f"(CPU {statistics.median(r / x for x, r in zip(echo_cpu[n], echo_cpu[ref])):.2f}x)"
+            for n in names if n != ref)
+        print(f"\nEcho vs stdlib, median of same-round pairs: {pairs_vs_ref}")
     if "loopmon bare" in med_echo and "loopmon instrumented" in med_echo:
         over_e = 1 - med_echo["loopmon instrumented"] / med_echo["loopmon bare"]
         over_b = 1 - med_bulk["loopmon instrumented"] / med_bulk["loopmon bare"]
