@@ -129,7 +129,7 @@ class NotableGate:
 
     def quiet_now(self) -> bool:
         """Before a drain: are the counters where they were two drains ago?  Then no notable
-        event is queued -- save one recorded after this very reading (see ``collector``)."""
+        event is queued -- save one recorded after this very reading (see ``drain``)."""
         hist = self._hist
         if len(hist) < 2:
             return False
