@@ -78,9 +78,9 @@ from ..monitor.events import (
     KIND_WRITE_PIPE, OUTCOME_CANCELLED, OUTCOME_COMPLETED, OUTCOME_FAILED, RECEIVE_KINDS,
 )
 from .common import CancelRequestFuture
-from .stream_receive import StreamReceive
 from .faults import FaultEmulationMixin
 from .fdtable import _READ, _WRITE, FdTableMixin, FdWaiters, _fd_or_minus_one, _fileno_or_none
+from .stream_receive import StreamReceive
 _socket = socket.socket
 _WOULD_BLOCK = (BlockingIOError, InterruptedError)
 _NO_EVENTS: tuple = ()
@@ -652,12 +652,10 @@ class SelectorProactor(FaultEmulationMixin, FdTableMixin):
 
     def _request_cancel_stream_receive(self, r: StreamReceive, detached: Any) -> None:
         """``StreamReceive.cancel()``: ``detached`` carries the op to its cancelled end."""
-        st = self._fds.get(r._lm_fd)
-        if st is not None:
-            try:
-                st.readers.remove(r)
-            except ValueError:
-                pass
+        try:
+            r._lm_st.readers.remove(r)      # a pending receive waits in its record's queue
+        except ValueError:
+            pass
         self._cancelled.append(detached)
         rec = detached._lm_rec
         if rec is not None:

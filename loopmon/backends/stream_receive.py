@@ -16,12 +16,14 @@ path for it at the head of a queue.  It answers ``done``/``set_result``/``set_ex
 
 The protocol with the transport (``transport_reads._StreamReceiveMixin``):
 
-* ``start()`` issues the next receive.  It completes inline (the result is stored and the
-  transport's persistent handle queued at once) or goes pending in the fd's reader queue
-  (``select()`` completes it and queues the handle).  While a receive is in flight or its
-  completion is not yet taken, ``start()`` does nothing: one receive at a time.
-* ``completed`` is ``None`` until a receive ends, then its byte count (an ``int``) or the
-  exception it failed with; the transport takes it (sets it back to ``None``).
+* ``restart()`` issues the next receive; the transport calls it right after taking the last
+  one's result.  The receive completes inline (the byte count is stored and the transport's
+  persistent handle queued at once) or goes pending in the fd's reader queue (``select()``
+  completes it and queues the handle).  ``start()`` is the same for the transport's first
+  read and ``resume_reading``, but does nothing while a receive is in flight or its result
+  is not yet taken: one receive at a time, however often reading is resumed.
+* ``nbytes`` is -1 until a receive ends, then its byte count (0: end-of-file) or -2 when it
+  failed (``take_error()`` hands over the exception); the transport takes it (sets -1).
 * A cancel (``transport.close()``) is a request, as for every op: the in-flight op is handed
   to a detached record that ends on the next ``select()`` pass (cancel-drops-data reads
   and drops through it), and the receiver itself is idle at once -- reusable, and its
@@ -31,12 +33,18 @@ What is recorded is exactly what ``recv_into`` records: ``op_inline`` (or
 ``op_failed_inline``) for an inline end, ``op_start_pinned`` ... ``op_end`` for a pending
 one, ``op_cancel`` and a cancelled ``op_end`` for a cancel.  The "last receive drained the
 socket" hint (``FdWaiters.drained``) sends a receive straight to pending, as it does
-for ``recv_into``.
+for ``recv_into``: the receiver keeps its fd's record (``_lm_st``) and, because ``drained``
+is only ever true on a live record watched for reading (``fdtable``), that one attribute is
+the whole test -- no table lookup, no mask test, no ``fileno()`` per chunk.
 
 Traps: the generic paths clear ``_lm_backend`` when an op ends, so every receive that goes
 pending sets it again (set means "pending and cancellable", as on a ``_PendingOp``); they
 also drop an ended op's ``_lm_buf``, which here is a property that always answers the
-transport's buffer (the one buffer every receive of the transport uses).
+transport's buffer (the one buffer every receive of the transport uses).  And a socket
+closed behind the transport's back (not through it) is only noticed when its fd number is
+reused (the stale record is replaced and its ops fail with ``EBADF``) or when the receive
+takes the long way: a receive waiting on a closed fd waits, as it would on the selector
+loop.
 """
 from __future__ import annotations
 
