@@ -11,6 +11,10 @@
    client streaming (connected from this process, decoding every frame) within the agent's
    default event budget (``--unlimited`` adds a client sent every event).  Goal: the client
    costs <= 5 %.  "no agent" (the instrumented loop alone) is printed for reference.
+   ``--warm-rounds N`` runs N round trips per connection after the client is streaming and
+   before the timer: the budget's burst allowance (half a second's worth, sent in the first
+   ~30 ms of a busy phase) is spent by then, so the figure is steady-state streaming; without
+   it a short run also pays for the burst.
 3. **RSS with a client that never reads**: a fast echo workload under ``loopmon run`` with a
    client that completes the handshake and then never reads; the child's RSS is sampled every
    second.  It should stay flat (the per-client queue and transport buffer are bounded).
@@ -83,6 +87,7 @@ def bench_codec(total: int = 400_000, batch: int = 2000) -> tuple[float, float, 
 ECHO_CHILD = r'''
 import asyncio, sys, time
 N_CONNS, PAYLOAD, ROUNDS = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+WARM = int(sys.argv[5]) if len(sys.argv) > 5 else 0
 async def handle(r, w):
     try:
         while data := await r.read(65536):
@@ -105,6 +110,10 @@ async def main():
     await asyncio.gather(*[client(port, 50) for _ in range(N_CONNS)])     # warm up
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    if WARM:   # busy before the timer: a client's event-budget burst is spent by then
+        await asyncio.gather(*[client(port, WARM) for _ in range(N_CONNS)])
+        print("warmed", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     t0 = time.perf_counter()
     await asyncio.gather(*[client(port, ROUNDS) for _ in range(N_CONNS)])
     print(time.perf_counter() - t0, flush=True)
@@ -158,15 +167,16 @@ class _StreamingClient(threading.Thread):
         asyncio.run(main())
 
 
-def _echo_once(script: str, variant: str, rounds: int,
-               runtime_dir: str) -> tuple[float, int, int, float, float, float]:
+def _echo_once(script: str, variant: str, rounds: int, runtime_dir: str,
+               warm: int = 0) -> tuple[float, int, int, float, float, float]:
     """-> (elapsed, events streamed, events omitted, loop-thread CPU s, other threads' CPU s,
     client CPU s)"""
     if variant == "no agent":
-        cmd = [sys.executable, script, str(N_CONNS), str(PAYLOAD), str(rounds), "direct"]
+        cmd = [sys.executable, script, str(N_CONNS), str(PAYLOAD), str(rounds), "direct",
+               str(warm)]
     else:
         cmd = [sys.executable, "-m", "loopmon", "run", script, str(N_CONNS), str(PAYLOAD),
-               str(rounds), "policy"]
+               str(rounds), "policy", str(warm)]
     extra = {"LOOPMON_EVENT_BUDGET": "0"} if variant == UNLIMITED else {}
     p = subprocess.Popen(cmd, env=_env(runtime_dir, **extra), stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True)
@@ -184,7 +194,12 @@ def _echo_once(script: str, variant: str, rounds: int,
             time.sleep(0.2)                  # past the backlog
         import psutil
         child = psutil.Process(p.pid)
+        if warm:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+            assert p.stdout.readline().strip() == "warmed"
         cpu0 = {t.id: t.user_time + t.system_time for t in child.threads()}
+        ev0, om0 = (streamer.events, streamer.omitted) if streamer is not None else (0, 0)
         me0 = time.thread_time() if streamer is None else 0.0
         own0 = psutil.Process().cpu_times()
         p.stdin.write("go\n")
@@ -203,7 +218,8 @@ def _echo_once(script: str, variant: str, rounds: int,
             streamer.join(10)
         if streamer is None:
             return elapsed, 0, 0, loop_cpu, other_cpu, client_cpu
-        return elapsed, streamer.events, streamer.omitted, loop_cpu, other_cpu, client_cpu
+        return (elapsed, streamer.events - ev0, streamer.omitted - om0, loop_cpu, other_cpu,
+                client_cpu)
     finally:
         if p.poll() is None:
             p.kill()
@@ -214,7 +230,7 @@ VARIANT_NAMES = {"none": "no agent", "agent": "agent, no client", "client": "age
 
 
 def bench_echo(rounds: int, per_conn: int, unlimited: bool = False,
-               only: Optional[list[str]] = None) -> dict[str, Any]:
+               only: Optional[list[str]] = None, warm: int = 0) -> dict[str, Any]:
     runtime_dir = tempfile.mkdtemp(prefix="lmbench-")
     script = os.path.join(runtime_dir, "echo_child.py")
     Path(script).write_text(ECHO_CHILD)
@@ -230,7 +246,7 @@ def bench_echo(rounds: int, per_conn: int, unlimited: bool = False,
         order = variants if r % 2 == 0 else variants[::-1]
         for v in order:
             t, n, omitted, loop_cpu, other_cpu, client_cpu = _echo_once(script, v, per_conn,
-                                                                       runtime_dir)
+                                                                       runtime_dir, warm)
             times[v].append(t)
             cpu[v].append((loop_cpu, other_cpu, client_cpu))
             if n:
@@ -291,6 +307,10 @@ def main() -> None:
     ap.add_argument("--only", default="",
                     help="comma-separated echo variants to run, of: " + ", ".join(VARIANT_NAMES))
     ap.add_argument("--skip-codec", action="store_true")
+    ap.add_argument("--warm-rounds", type=int, default=0,
+                    help="round trips per connection after the client is streaming and before "
+                         "the timer (the event budget's burst allowance is spent by then: "
+                         "steady-state streaming)")
     args = ap.parse_args()
     only = [v.strip() for v in args.only.split(",") if v.strip()]
     unknown = [v for v in only if v not in VARIANT_NAMES]
@@ -307,7 +327,7 @@ def main() -> None:
               f"| >= 500 k/s |", flush=True)
 
     print(f"| machine load before the echo runs (`uptime`) | {_load()} | |", flush=True)
-    times = bench_echo(args.rounds, args.per_conn, args.unlimited, only)
+    times = bench_echo(args.rounds, args.per_conn, args.unlimited, only, args.warm_rounds)
     variants = times["_variants"]
     med = {k: statistics.median(times[k]) for k in variants}
     n_msgs = N_CONNS * args.per_conn
