@@ -99,6 +99,8 @@ typedef struct {
     double cancel_t;          /* 0.0: no cancel requested */
     double buffer_pin_t;
     PyObject *peer;           /* NULL reads as None */
+    PyObject *key;            /* op_id as the int key of the outstanding table (kept: op_end
+                                 pops with it instead of building it again) */
 } OpRecordObject;
 
 static PyTypeObject OpRecord_Type;
@@ -111,6 +113,7 @@ oprecord_alloc(void)
     if (r != NULL) {
         r->cancel_t = 0.0;
         r->peer = NULL;
+        r->key = NULL;
     }
     return r;
 }
@@ -143,6 +146,7 @@ static void
 oprecord_dealloc(OpRecordObject *r)
 {
     Py_XDECREF(r->peer);
+    Py_XDECREF(r->key);
     PyObject_Free(r);
 }
 
@@ -154,7 +158,7 @@ oprecord_repr(OpRecordObject *r)
 }
 
 static PyMemberDef oprecord_members[] = {
-    {"op_id", T_LONGLONG, offsetof(OpRecordObject, op_id), 0, NULL},
+    {"op_id", T_LONGLONG, offsetof(OpRecordObject, op_id), READONLY, NULL},  /* = key */
     {"kind", T_LONGLONG, offsetof(OpRecordObject, kind), 0, NULL},
     {"fd", T_LONGLONG, offsetof(OpRecordObject, fd), 0, NULL},
     {"requested", T_LONGLONG, offsetof(OpRecordObject, requested), 0, NULL},
@@ -295,10 +299,17 @@ dict_discard(PyObject *d, PyObject *k)
         return -1;
     }
     if (PyDict_CheckExact(d)) {
-        PyObject *v = PyDict_GetItemWithError(d, k);
+        /* one lookup, not a get and a delete */
+#if PY_VERSION_HEX >= 0x030D0000
+        return PyDict_Pop(d, k, NULL);
+#else
+        PyObject *v = _PyDict_Pop(d, k, Py_None);
         if (v == NULL)
-            return PyErr_Occurred() ? -1 : 0;
-        return PyDict_DelItem(d, k) < 0 ? -1 : 1;
+            return -1;
+        int had = v != Py_None;
+        Py_DECREF(v);
+        return had;
+#endif
     }
     if (PyObject_DelItem(d, k) < 0) {
         if (PyErr_ExceptionMatches(PyExc_KeyError)) {
@@ -433,12 +444,15 @@ start(CoreObject *m, PyObject *const *args, Py_ssize_t nargs, int pinned)
     r->buffer_size = pinned ? size : 0;
     r->buffer_pin_t = pinned ? t : 0.0;
     PyObject *key = PyLong_FromLongLong(seq);
-    if (key == NULL || dict_set(m->outstanding, key, (PyObject *)r) < 0) {
-        Py_XDECREF(key);
+    if (key == NULL) {
         Py_DECREF(r);
         goto error;
     }
-    Py_DECREF(key);
+    r->key = key;             /* the record owns it (freed with the record) */
+    if (dict_set(m->outstanding, key, (PyObject *)r) < 0) {
+        Py_DECREF(r);
+        goto error;
+    }
     m->ops_pended++;
     put(m, seq, EV_OP_SUBMIT, t, NULL, seq, kind, fd, requested, 0, 0, 0);
     if (pinned) {
@@ -552,11 +566,14 @@ core_op_end(CoreObject *m, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
         goto error;
 
     long long op_id = r->op_id;
-    PyObject *key = PyLong_FromLongLong(op_id);
-    if (key == NULL)
-        goto error;
+    PyObject *key = r->key;
+    if (key == NULL) {
+        /* made in Python (OpRecord(...)): never inserted by op_start */
+        r->key = key = PyLong_FromLongLong(op_id);
+        if (key == NULL)
+            goto error;
+    }
     int had = dict_discard(m->outstanding, key);
-    Py_DECREF(key);
     if (had < 0)
         goto error;
     if (had == 0)
