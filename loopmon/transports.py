@@ -56,6 +56,18 @@ class _ShutdownTolerantSocket:
         self._sock.close()
 
 
+def _peer_text(peername) -> str:
+    """``('10.0.0.1', 80)`` -> ``10.0.0.1:80``, IPv6 -> ``[::1]:80``, a Unix path as is."""
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        host, port = peername[0], peername[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    if isinstance(peername, str):
+        return peername
+    if isinstance(peername, bytes) and peername:
+        return peername.decode("utf-8", "backslashreplace")   # an abstract Unix socket
+    return ""
+
+
 class _TolerantCloseMixin:
     __slots__ = ()
 
@@ -134,7 +146,7 @@ class SocketTransport(_CountDeliveredMixin, _StreamReceiveMixin, _ContinuedReadM
         "_eof_written", "_empty_waiter", "_pending_data_length", "_paused", "_data",
         # ours
         "_lm_try_send", "_lm_receiver", "_lm_view", "_lm_plain_protocol", "_lm_monitor",
-        "_lm_backlog", "_lm_eof",
+        "_lm_backlog", "_lm_eof", "_lm_peer_fd",
     )
 
     def __init__(self, loop, *args, **kw):
@@ -143,10 +155,32 @@ class SocketTransport(_CountDeliveredMixin, _StreamReceiveMixin, _ContinuedReadM
         self._lm_receiver = self._lm_view = self._lm_plain_protocol = self._lm_monitor = None
         self._lm_backlog = None
         self._lm_eof = False
+        self._lm_peer_fd = None
         super().__init__(loop, *args, **kw)
+        self._lm_note_peer(loop)
         self._lm_init_receiver()
         if self._lm_receiver is None:
             self._lm_init_reading(loop)
+
+    def _lm_note_peer(self, loop) -> None:
+        """Tell the monitor who is on the other end of this fd, once: its ops carry only the
+        fd, and the op table shows ``fd N · peer`` from this (``Monitor.note_peer``)."""
+        mon = getattr(loop, "monitor", None)
+        if mon is None:
+            return
+        peer = _peer_text(self._extra.get("peername"))
+        if peer:
+            fd = self._sock.fileno()
+            self._lm_peer_fd = fd
+            mon.note_peer(fd, peer)
+
+    def _call_connection_lost(self, exc):
+        fd = self._lm_peer_fd
+        if fd is not None:
+            # before the socket closes: its fd number may come back for another connection
+            self._lm_peer_fd = None
+            self._loop.monitor.forget_peer(fd)
+        super()._call_connection_lost(exc)
 
 
 class ReadPipeTransport(_CountDeliveredMixin, _ContinuedReadMixin, _TolerantCloseMixin,

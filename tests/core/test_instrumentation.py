@@ -553,3 +553,35 @@ def test_bytes_held_while_paused_are_delivered_on_resume():
 
     _, mon = run(main)
     assert_clean(mon)
+
+
+def test_outstanding_ops_show_their_connections_peer():
+    seen = {}
+
+    async def main(loop):
+        got = asyncio.Event()
+
+        async def handler(reader, writer):
+            got.set()
+            await reader.read(100)          # stays pending: the client sends nothing yet
+            writer.close()
+
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await got.wait()
+        await asyncio.sleep(0.05)
+        client_port = writer.get_extra_info("sockname")[1]
+        peers = {op.peer for op in loop.monitor.outstanding() if op.kind == "recv_into"}
+        seen["peers"] = peers
+        seen["expected"] = {f"127.0.0.1:{port}", f"127.0.0.1:{client_port}"}
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0.05)
+        seen["left"] = dict(loop.monitor._peers)
+
+    run(main)
+    assert seen["peers"] == seen["expected"]      # both ends' pending reads, each its peer
+    assert seen["left"] == {}                     # forgotten when the connections closed
