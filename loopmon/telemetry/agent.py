@@ -19,7 +19,7 @@ block the program: the program's thread never waits on the agent.
 
 Frames are encoded once per message, not once per client (a small cache keyed by the
 message object, which every Subscription of a Collector shares), and a session writes a
-tick's frames with one ``writelines``: every system call this thread makes releases the GIL
+tick's frames with one ``write`` of their join: every system call this thread makes releases the GIL
 and must take it back from the busy loop thread, and each such hand-off costs the loop far
 more than the call itself (a thread that merely wakes 100 times a second slowed the echo
 benchmark by ~2-3 %).
@@ -439,8 +439,11 @@ class Agent:
                   if not isinstance(msg, Goodbye)             # ours is sent at close
                   and (op_events or type(msg) is not OpEvents)]
         if frames:
-            # one write per tick: a write with nothing buffered is a send() system call
-            writer.writelines(frames)
+            # one write per tick: a write with nothing buffered is a send() system call.
+            # Not writelines(): on 3.12/3.13 the selector transport's writelines does not
+            # pause the protocol at the high-water mark, so drain() never waits and a stalled
+            # client's buffer grows without bound (its subscription never drops).
+            writer.write(b"".join(frames))
 
     async def _start_recording(self) -> None:
         task = asyncio.ensure_future(self._record())
