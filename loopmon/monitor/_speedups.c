@@ -719,16 +719,11 @@ fail:
     return NULL;
 }
 
-/* take up to max_items queued events (counting overwritten ones as dropped) and build the
-   tuples of all of them, or of the notable ones only; single consumer (see the header) */
-static PyObject *
-drain_impl(CoreObject *m, PyObject *const *args, Py_ssize_t nargs, int notable_only)
+/* A drain takes up to max_items of the queued events, oldest first; events the writer has
+   overwritten since the last drain are counted as dropped first.  Returns how many. */
+static long long
+take_count(CoreObject *m, long long max_items)
 {
-    long long max_items = 1LL << 30;
-    if (nargs > 1)
-        return PyErr_Format(PyExc_TypeError, "drain(max_items=2**30)");
-    if (nargs == 1 && as_ll(args[0], &max_items))
-        return NULL;
     long long avail = m->seq_next - m->next_seq;
     if (avail > m->cap) {
         m->events_dropped += avail - m->cap;
@@ -736,22 +731,13 @@ drain_impl(CoreObject *m, PyObject *const *args, Py_ssize_t nargs, int notable_o
         avail = m->cap;
     }
     long long n = avail < max_items ? avail : max_items;
-    if (n <= 0)
-        return PyList_New(0);
-    /* copy first (strings increfed): building objects below may let the loop thread in */
-    Slot *copy = PyMem_Malloc((size_t)n * sizeof(Slot));
-    if (copy == NULL)
-        return PyErr_NoMemory();
-    long long first = m->next_seq, kept = 0;
-    for (long long i = 0; i < n; i++) {
-        const Slot *sl = &m->ring[(unsigned long long)(first + i) % (unsigned long long)m->cap];
-        if (notable_only && !is_notable(sl))
-            continue;
-        copy[kept] = *sl;
-        Py_XINCREF(copy[kept].s);
-        kept++;
-    }
-    m->next_seq = first + n;
+    return n > 0 ? n : 0;
+}
+
+/* The list of tuples of `kept` copied slots; frees the copies (and their string refs). */
+static PyObject *
+build_list(Slot *copy, long long kept)
+{
     PyObject *out = PyList_New((Py_ssize_t)kept);
     if (out != NULL) {
         for (long long i = 0; i < kept; i++) {
@@ -769,64 +755,74 @@ drain_impl(CoreObject *m, PyObject *const *args, Py_ssize_t nargs, int notable_o
     return out;
 }
 
+static int
+parse_max_items(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t at, long long *max_items)
+{
+    *max_items = 1LL << 30;
+    return nargs > at ? as_ll(args[at], max_items) : 0;
+}
+
+/* take up to max_items queued events and build the tuples of all of them, or of the notable
+   ones only; single consumer (see the header).  The slots are copied first (strings
+   increfed): building objects may let the loop thread in, and it may overwrite them. */
+static PyObject *
+drain_impl(CoreObject *m, PyObject *const *args, Py_ssize_t nargs, int notable_only)
+{
+    long long max_items;
+    if (nargs > 1)
+        return PyErr_Format(PyExc_TypeError, "drain(max_items=2**30)");
+    if (parse_max_items(args, nargs, 0, &max_items))
+        return NULL;
+    long long n = take_count(m, max_items);
+    if (n == 0)
+        return PyList_New(0);
+    Slot *copy = PyMem_Malloc((size_t)n * sizeof(Slot));
+    if (copy == NULL)
+        return PyErr_NoMemory();
+    long long first = m->next_seq, kept = 0;
+    for (long long i = 0; i < n; i++) {
+        const Slot *sl = &m->ring[(unsigned long long)(first + i) % (unsigned long long)m->cap];
+        if (notable_only && !is_notable(sl))
+            continue;
+        copy[kept] = *sl;
+        Py_XINCREF(copy[kept].s);
+        kept++;
+    }
+    m->next_seq = first + n;
+    return build_list(copy, kept);
+}
+
 /* drain_range(start, stop, max_items=2**30) -> (first_seq, tuples): take up to max_items
    queued events like drain(), build only those at positions start..stop-1 of what was taken
    and read no other slot (a sampler's window; drain_range(0, 0) consumes without reading) */
 static PyObject *
 core_drain_range(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
-    long long start, stop, max_items = 1LL << 30;
+    long long start, stop, max_items;
     if (nargs < 2 || nargs > 3) {
         PyErr_SetString(PyExc_TypeError, "drain_range(start, stop, max_items=2**30)");
         return NULL;
     }
     if (as_ll(args[0], &start) || as_ll(args[1], &stop)
-        || (nargs == 3 && as_ll(args[2], &max_items)))
+        || parse_max_items(args, nargs, 2, &max_items))
         return NULL;
-    long long avail = m->seq_next - m->next_seq;
-    if (avail > m->cap) {
-        m->events_dropped += avail - m->cap;
-        m->next_seq = m->seq_next - m->cap;
-        avail = m->cap;
-    }
-    long long n = avail < max_items ? avail : max_items;
-    if (n < 0)
-        n = 0;
+    long long n = take_count(m, max_items);
     long long first = m->next_seq;
     if (start < 0)
         start = 0;
     if (stop > n)
         stop = n;
     long long kept = stop > start ? stop - start : 0;
-    Slot *copy = NULL;
-    if (kept) {
-        copy = PyMem_Malloc((size_t)kept * sizeof(Slot));
-        if (copy == NULL)
-            return PyErr_NoMemory();
-        for (long long i = 0; i < kept; i++) {
-            copy[i] = m->ring[(unsigned long long)(first + start + i) % (unsigned long long)m->cap];
-            Py_XINCREF(copy[i].s);
-        }
+    Slot *copy = PyMem_Malloc((size_t)(kept ? kept : 1) * sizeof(Slot));
+    if (copy == NULL)
+        return PyErr_NoMemory();
+    for (long long i = 0; i < kept; i++) {
+        copy[i] = m->ring[(unsigned long long)(first + start + i) % (unsigned long long)m->cap];
+        Py_XINCREF(copy[i].s);
     }
     m->next_seq = first + n;
-    PyObject *out = PyList_New((Py_ssize_t)kept);
-    if (out != NULL) {
-        for (long long i = 0; i < kept; i++) {
-            PyObject *tup = slot_to_tuple(&copy[i]);
-            if (tup == NULL) {
-                Py_CLEAR(out);
-                break;
-            }
-            PyList_SET_ITEM(out, (Py_ssize_t)i, tup);
-        }
-    }
-    for (long long i = 0; i < kept; i++)
-        Py_XDECREF(copy[i].s);
-    PyMem_Free(copy);
-    if (out == NULL)
-        return NULL;
-    PyObject *res = Py_BuildValue("(LN)", first, out);
-    return res;
+    PyObject *out = build_list(copy, kept);
+    return out == NULL ? NULL : Py_BuildValue("(LN)", first, out);
 }
 
 /* drain(max_items=2**30) -> list of event tuples */
