@@ -36,6 +36,19 @@ _IMMUTABLE_CHUNKS = sys.version_info >= (3, 12)    # 3.12+ hands protocols bytes
 _CONTINUED = object()   # _loop_reading(_CONTINUED): the persistent read handle's call
 
 
+def _read_failed(transport, exc: OSError) -> None:
+    """The ``except`` clauses of the stdlib's ``_loop_reading`` for a read that raised ``exc``
+    (called inside the handler, so a debug log still carries the traceback)."""
+    if isinstance(exc, ConnectionAbortedError):
+        if not transport._closing:
+            transport._fatal_error(exc, "Fatal read error on pipe transport")
+        elif transport._loop.get_debug():
+            logger.debug("Read error on pipe transport while closing", exc_info=True)
+    elif isinstance(exc, ConnectionResetError):
+        transport._force_close(exc)
+    else:
+        transport._fatal_error(exc, "Fatal read error on pipe transport")
+
 class _CountDeliveredMixin:
     """Hands received bytes to the protocol -- in order, never while paused -- and counts them.
 
@@ -203,15 +216,8 @@ class _ContinuedReadMixin:
                         self._sock, self._data, self._lm_read_handle)
                 else:
                     self._read_fut = self._loop._proactor.recv_into(self._sock, self._data)
-        except ConnectionAbortedError as exc:
-            if not self._closing:
-                self._fatal_error(exc, "Fatal read error on pipe transport")
-            elif self._loop.get_debug():
-                logger.debug("Read error on pipe transport while closing", exc_info=True)
-        except ConnectionResetError as exc:
-            self._force_close(exc)
         except OSError as exc:
-            self._fatal_error(exc, "Fatal read error on pipe transport")
+            _read_failed(self, exc)
         except exceptions.CancelledError:
             if not self._closing:
                 raise
@@ -291,15 +297,8 @@ class _StreamReceiveMixin:
             if not self._paused:
                 r.start()
                 self._read_fut = r
-        except ConnectionAbortedError as exc:
-            if not self._closing:
-                self._fatal_error(exc, "Fatal read error on pipe transport")
-            elif self._loop.get_debug():
-                logger.debug("Read error on pipe transport while closing", exc_info=True)
-        except ConnectionResetError as exc:
-            self._force_close(exc)
         except OSError as exc:
-            self._fatal_error(exc, "Fatal read error on pipe transport")
+            _read_failed(self, exc)
 
     def _lm_received(self):
         """The persistent handle: a receive of ``_lm_receiver`` ended (``_loop_reading(fut)``)."""
@@ -319,15 +318,8 @@ class _StreamReceiveMixin:
             except BaseException:
                 self._read_fut = None   # no receive in flight, as if restart() had not run
                 raise
-        except ConnectionAbortedError as exc:
-            if not self._closing:
-                self._fatal_error(exc, "Fatal read error on pipe transport")
-            elif self._loop.get_debug():
-                logger.debug("Read error on pipe transport while closing", exc_info=True)
-        except ConnectionResetError as exc:
-            self._force_close(exc)
         except OSError as exc:
-            self._fatal_error(exc, "Fatal read error on pipe transport")
+            _read_failed(self, exc)
         finally:
             protocol = self._lm_plain_protocol
             if protocol is not None and not self._paused and not self._lm_backlog:
@@ -355,15 +347,8 @@ class _StreamReceiveMixin:
             return
         try:
             raise r.take_error()
-        except ConnectionAbortedError as exc:
-            if not self._closing:
-                self._fatal_error(exc, "Fatal read error on pipe transport")
-            elif self._loop.get_debug():
-                logger.debug("Read error on pipe transport while closing", exc_info=True)
-        except ConnectionResetError as exc:
-            self._force_close(exc)
         except OSError as exc:
-            self._fatal_error(exc, "Fatal read error on pipe transport")
+            _read_failed(self, exc)
         except exceptions.CancelledError:
             if not self._closing:
                 raise
