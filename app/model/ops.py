@@ -71,6 +71,10 @@ class OutstandingOps:
         self.rows: dict[int, OpRow] = {}
         self.cap = cap
         self.overflow = 0          # starts ignored because the table was full
+        # fd -> peer from the last snapshot: op events carry only the fd, so a row born from
+        # an event borrows its connection's peer (replaced wholesale by each snapshot, so a
+        # closed connection's fd number is not labelled with its old peer for long)
+        self.peers: dict[int, str] = {}
 
     def replace(self, t: float, ops: Iterable[dict[str, Any]]) -> None:
         """Adopt an authoritative ``Outstanding`` snapshot taken at target time ``t``."""
@@ -102,6 +106,7 @@ class OutstandingOps:
                     rows[op_id] = row
         # the snapshot is the truth; the Qt model diffs by op id, so row identity does not matter
         self.rows = dict(sorted(rows.items(), key=lambda kv: kv[1].submit_t))
+        self.peers = {row.fd: row.peer for row in self.rows.values() if row.peer}
 
     def apply(self, ev: tuple) -> None:
         code = ev[1]
@@ -110,7 +115,8 @@ class OutstandingOps:
                 self.overflow += 1
                 return
             _, _, t, op_id, kind, fd, requested = ev[:7]
-            self.rows[op_id] = OpRow(op_id, kind_name(kind), fd, requested, 0, t)
+            self.rows[op_id] = OpRow(op_id, kind_name(kind), fd, requested, 0, t,
+                                     peer=self.peers.get(fd))
         elif code == EV_OP_END:
             self.rows.pop(ev[3], None)
         elif code == EV_OP_CANCEL:
@@ -124,6 +130,7 @@ class OutstandingOps:
 
     def clear(self) -> None:
         self.rows.clear()
+        self.peers.clear()
 
 
 @dataclass

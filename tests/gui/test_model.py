@@ -54,6 +54,19 @@ def test_outstanding_ops_follow_events_and_snapshots():
     assert list(ops.rows) == [3] and ops.rows[3].submit_t == 18.0
 
 
+def test_rows_born_from_events_borrow_the_peer_of_their_fd_from_the_last_snapshot():
+    ops = OutstandingOps()
+    ops.replace(5.0, [dict(op_id=3, kind="recv_into", fd=9, requested=10, buffer_size=10,
+                           age=1.0, cancel_requested=False, peer="127.0.0.1:8080")])
+    ops.apply((4, EV_OP_END, 5.5, 3, OUTCOME_COMPLETED, 10, "", 0))
+    ops.apply((5, EV_OP_SUBMIT, 6.0, 5, KIND_RECV, 9, 10))      # the same connection's next read
+    ops.apply((6, EV_OP_SUBMIT, 6.0, 6, KIND_RECV, 11, 10))     # an fd no snapshot named
+    assert ops.rows[5].endpoint == "fd 9 · 127.0.0.1:8080" and ops.rows[6].peer is None
+    ops.replace(7.0, [])                                        # fd 9 no longer listed: forgotten
+    ops.apply((7, EV_OP_SUBMIT, 7.5, 7, KIND_RECV, 9, 10))
+    assert ops.rows[7].peer is None
+
+
 def test_lifecycles_colour_outcomes():
     life = OpLifecycles()
     life.apply((1, EV_OP_SUBMIT, 1.0, 1, KIND_RECV, 3, 100))
