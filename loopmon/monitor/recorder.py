@@ -29,9 +29,11 @@ Errors are counted (``instrumentation_errors``) and the last one kept for the sn
 
 Threads: only the loop thread writes.  Other threads (the telemetry collector, a GUI) read
 the int counters (atomic under the GIL), copy the dicts (``list(d.values())`` is one C call
-and so atomic under the GIL) and take events with ``drain()``: a single consumer.  The ring
-is bounded; when nobody drains it the oldest events are overwritten, and the next
-``drain()`` counts them in ``events_dropped``.
+and so atomic under the GIL) and take events with ``drain()``: a single consumer.  Two
+variants take the same events but build fewer tuples: ``drain_notable()`` only cancels,
+discards, failures and flagged ends; ``drain_range(start, stop)`` only a window (the
+telemetry collector's sampler).  The ring is bounded; when nobody drains it the oldest
+events are overwritten, and the next drain counts them in ``events_dropped``.
 """
 from __future__ import annotations
 
