@@ -45,7 +45,7 @@
 #include <Python.h>
 #include <structmember.h>
 
-#define ABI_VERSION 1
+#define ABI_VERSION 2
 
 /* must match loopmon/monitor/events.py: checked at import (recorder.py) and by the tests */
 #define EV_OP_INLINE 1
@@ -99,8 +99,6 @@ typedef struct {
     double cancel_t;          /* 0.0: no cancel requested */
     double buffer_pin_t;
     PyObject *peer;           /* NULL reads as None */
-    PyObject *key;            /* op_id as the int key of the outstanding table (kept: op_end
-                                 pops with it instead of building it again) */
 } OpRecordObject;
 
 static PyTypeObject OpRecord_Type;
@@ -113,7 +111,6 @@ oprecord_alloc(void)
     if (r != NULL) {
         r->cancel_t = 0.0;
         r->peer = NULL;
-        r->key = NULL;
     }
     return r;
 }
@@ -146,7 +143,6 @@ static void
 oprecord_dealloc(OpRecordObject *r)
 {
     Py_XDECREF(r->peer);
-    Py_XDECREF(r->key);
     PyObject_Free(r);
 }
 
@@ -158,7 +154,7 @@ oprecord_repr(OpRecordObject *r)
 }
 
 static PyMemberDef oprecord_members[] = {
-    {"op_id", T_LONGLONG, offsetof(OpRecordObject, op_id), READONLY, NULL},  /* = key */
+    {"op_id", T_LONGLONG, offsetof(OpRecordObject, op_id), READONLY, NULL},  /* table key */
     {"kind", T_LONGLONG, offsetof(OpRecordObject, kind), 0, NULL},
     {"fd", T_LONGLONG, offsetof(OpRecordObject, fd), 0, NULL},
     {"requested", T_LONGLONG, offsetof(OpRecordObject, requested), 0, NULL},
@@ -215,7 +211,11 @@ typedef struct {
     long long cap;
     long long seq_next;       /* sequence number of the next event (ids come from it too) */
     long long next_seq;       /* the consumer's next wanted seq */
-    PyObject *outstanding;    /* dict op_id -> OpRecord */
+    OpRecordObject **tab;     /* the outstanding-op table (see "The op table"); owns refs */
+    long long tab_mask;       /* capacity - 1 (a power of two) */
+    int tab_shift;            /* 64 - log2(capacity) */
+    long long tab_n;          /* records in it */
+    long long fail_op_table;  /* test hook: > 0 makes that many inserts fail (MemoryError) */
     PyObject *buffers;        /* dict buf_id -> BufferRecord (kept past their op's end) */
     /* counters (plain ints; some Monitor counters are sums of these: see recorder.py) */
     long long ops_inline;
@@ -280,45 +280,135 @@ as_ll(PyObject *o, long long *out)
     return 0;
 }
 
-static int
-dict_set(PyObject *d, PyObject *k, PyObject *v)
+/* ------------------------------------------------------------------------- The op table
+ * The records of the ops in flight, by op id.  It was a dict (op_id -> OpRecord); an insert
+ * and a pop per pending op, plus the int key object, were half of this module's cost per
+ * round trip.  This is an open-addressing table of record pointers: Fibonacci hashing of the
+ * 64-bit id (ids are dense sequence numbers; the multiply spreads them), linear probing,
+ * and backward-shift deletion (no tombstones, so probes stay short however many ops come
+ * and go).  It grows at half full and shrinks at an eighth, so memory follows the number of
+ * ops in flight.  The table holds a reference to each record.
+ *
+ * Readers on other threads (snapshot, outstanding) walk it in one C call, under the GIL,
+ * through records(): nothing here runs Python code while the table is inconsistent.
+ */
+#define TAB_MIN_BITS 6
+
+static inline long long
+tab_home(const CoreObject *m, long long op_id)
 {
-    if (d == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "the monitor's op table is gone");
-        return -1;
-    }
-    return PyDict_CheckExact(d) ? PyDict_SetItem(d, k, v) : PyObject_SetItem(d, k, v);
+    return (long long)(((unsigned long long)op_id * 0x9E3779B97F4A7C15ULL) >> m->tab_shift);
 }
 
-/* remove d[k]; 1 if it was there, 0 if not, -1 on error */
 static int
-dict_discard(PyObject *d, PyObject *k)
+tab_resize(CoreObject *m, int bits)
 {
-    if (d == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "the monitor's op table is gone");
+    long long cap = 1LL << bits;
+    OpRecordObject **fresh = PyMem_Calloc((size_t)cap, sizeof(OpRecordObject *));
+    if (fresh == NULL) {
+        PyErr_NoMemory();
         return -1;
     }
-    if (PyDict_CheckExact(d)) {
-        /* one lookup, not a get and a delete */
-#if PY_VERSION_HEX >= 0x030D0000
-        return PyDict_Pop(d, k, NULL);
-#else
-        PyObject *v = _PyDict_Pop(d, k, Py_None);
-        if (v == NULL)
-            return -1;
-        int had = v != Py_None;
-        Py_DECREF(v);
-        return had;
-#endif
+    OpRecordObject **old = m->tab;
+    long long old_cap = old ? m->tab_mask + 1 : 0;
+    m->tab = fresh;
+    m->tab_mask = cap - 1;
+    m->tab_shift = 64 - bits;
+    for (long long i = 0; i < old_cap; i++) {
+        OpRecordObject *r = old[i];
+        if (r == NULL)
+            continue;
+        long long j = tab_home(m, r->op_id);
+        while (fresh[j] != NULL)
+            j = (j + 1) & m->tab_mask;
+        fresh[j] = r;
     }
-    if (PyObject_DelItem(d, k) < 0) {
-        if (PyErr_ExceptionMatches(PyExc_KeyError)) {
-            PyErr_Clear();
-            return 0;
+    PyMem_Free(old);
+    return 0;
+}
+
+static inline int
+tab_bits(const CoreObject *m)
+{
+    return 64 - m->tab_shift;
+}
+
+/* insert a record (takes a new reference); -1 with an exception set on failure */
+static int
+tab_insert(CoreObject *m, OpRecordObject *r)
+{
+    if (m->fail_op_table > 0) {
+        m->fail_op_table--;
+        PyErr_SetString(PyExc_MemoryError, "op table insert failed (injected: _fail_op_table)");
+        return -1;
+    }
+    if ((m->tab_n + 1) * 2 > m->tab_mask + 1 && tab_resize(m, tab_bits(m) + 1) < 0)
+        return -1;
+    long long i = tab_home(m, r->op_id);
+    while (m->tab[i] != NULL)
+        i = (i + 1) & m->tab_mask;
+    Py_INCREF(r);
+    m->tab[i] = r;
+    m->tab_n++;
+    return 0;
+}
+
+/* the index of op_id's record, or -1 */
+static inline long long
+tab_find(const CoreObject *m, long long op_id)
+{
+    long long i = tab_home(m, op_id);
+    OpRecordObject *r;
+    while ((r = m->tab[i]) != NULL) {
+        if (r->op_id == op_id)
+            return i;
+        i = (i + 1) & m->tab_mask;
+    }
+    return -1;
+}
+
+/* remove the record at index i and return it (the caller owns the table's reference) */
+static OpRecordObject *
+tab_remove_at(CoreObject *m, long long i)
+{
+    OpRecordObject **tab = m->tab;
+    long long mask = m->tab_mask;
+    OpRecordObject *gone = tab[i];
+    /* backward shift: pull later members of the probe run into the hole when the hole lies
+       on their way from their home slot */
+    long long j = i;
+    for (;;) {
+        j = (j + 1) & mask;
+        OpRecordObject *r = tab[j];
+        if (r == NULL)
+            break;
+        long long home = tab_home(m, r->op_id);
+        /* r may move to i unless its home lies cyclically in (i, j] */
+        int stays = (i <= j) ? (home > i && home <= j) : (home > i || home <= j);
+        if (!stays) {
+            tab[i] = r;
+            i = j;
         }
-        return -1;
     }
-    return 1;
+    tab[i] = NULL;
+    m->tab_n--;
+    int bits = tab_bits(m);
+    if (bits > TAB_MIN_BITS && m->tab_n * 8 < m->tab_mask + 1 && tab_resize(m, bits - 1) < 0)
+        PyErr_Clear();          /* could not shrink: keep the bigger table */
+    return gone;
+}
+
+/* drop every record (close, GC clear, dealloc) */
+static void
+tab_clear(CoreObject *m)
+{
+    OpRecordObject **tab = m->tab;
+    long long cap = tab ? m->tab_mask + 1 : 0;
+    m->tab = NULL;
+    m->tab_n = 0;
+    for (long long i = 0; i < cap; i++)
+        Py_XDECREF(tab[i]);
+    PyMem_Free(tab);
 }
 
 static int
@@ -351,9 +441,8 @@ core_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     CoreObject *m = (CoreObject *)type->tp_alloc(type, 0);
     if (m == NULL)
         return NULL;
-    m->outstanding = PyDict_New();
     m->buffers = PyDict_New();
-    if (m->outstanding == NULL || m->buffers == NULL) {
+    if (m->buffers == NULL || tab_resize(m, TAB_MIN_BITS) < 0) {
         Py_DECREF(m);
         return NULL;
     }
@@ -363,7 +452,7 @@ core_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 static int
 core_traverse(CoreObject *m, visitproc visit, void *arg)
 {
-    Py_VISIT(m->outstanding);
+    /* the op table's records hold no references back (peer is a str) */
     Py_VISIT(m->buffers);
     return 0;
 }
@@ -371,7 +460,6 @@ core_traverse(CoreObject *m, visitproc visit, void *arg)
 static int
 core_clear(CoreObject *m)
 {
-    Py_CLEAR(m->outstanding);
     Py_CLEAR(m->buffers);
     return 0;
 }
@@ -382,6 +470,7 @@ core_dealloc(CoreObject *m)
     /* a heap subtype's (Monitor's) type reference is dropped by subtype_dealloc, not here */
     PyObject_GC_UnTrack(m);
     core_clear(m);
+    tab_clear(m);
     if (m->ring != NULL) {
         for (long long i = 0; i < m->cap; i++)
             Py_XDECREF(m->ring[i].s);
@@ -443,13 +532,12 @@ start(CoreObject *m, PyObject *const *args, Py_ssize_t nargs, int pinned)
     r->buffer_id = pinned ? seq + 1 : 0;
     r->buffer_size = pinned ? size : 0;
     r->buffer_pin_t = pinned ? t : 0.0;
-    PyObject *key = PyLong_FromLongLong(seq);
-    if (key == NULL) {
+    if (m->tab == NULL) {
         Py_DECREF(r);
+        PyErr_SetString(PyExc_RuntimeError, "the monitor's op table is gone");
         goto error;
     }
-    r->key = key;             /* the record owns it (freed with the record) */
-    if (dict_set(m->outstanding, key, (PyObject *)r) < 0) {
+    if (tab_insert(m, r) < 0) {
         Py_DECREF(r);
         goto error;
     }
@@ -566,18 +654,10 @@ core_op_end(CoreObject *m, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
         goto error;
 
     long long op_id = r->op_id;
-    PyObject *key = r->key;
-    if (key == NULL) {
-        /* made in Python (OpRecord(...)): never inserted by op_start */
-        r->key = key = PyLong_FromLongLong(op_id);
-        if (key == NULL)
-            goto error;
-    }
-    int had = dict_discard(m->outstanding, key);
-    if (had < 0)
-        goto error;
-    if (had == 0)
-        Py_RETURN_NONE;       /* ended twice, or drained at close already */
+    long long at = m->tab ? tab_find(m, op_id) : -1;
+    if (at < 0 || m->tab[at] != r)
+        Py_RETURN_NONE;       /* ended twice, drained at close already, or never started */
+    Py_DECREF(tab_remove_at(m, at));   /* the caller's argument still holds r */
     double t = now();
     if (r->cancel_t != 0.0) {
         flags |= FLAG_CANCEL_REQUESTED;
@@ -848,6 +928,64 @@ core_events_queued(CoreObject *m, PyObject *unused)
     return PyLong_FromLongLong(avail > m->cap ? m->cap : avail);
 }
 
+/* _outstanding_records() -> list of the records in flight (any order; one C call, so a
+   consistent copy under the GIL) */
+static PyObject *
+core_outstanding_records(CoreObject *m, PyObject *unused)
+{
+    PyObject *out = PyList_New(0);
+    if (out == NULL || m->tab == NULL)
+        return out;
+    for (long long i = 0; i <= m->tab_mask; i++) {
+        if (m->tab[i] != NULL && PyList_Append(out, (PyObject *)m->tab[i]) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+/* _is_outstanding(rec) -> bool: is this very record in flight? */
+static PyObject *
+core_is_outstanding(CoreObject *m, PyObject *rec)
+{
+    if (!OpRecord_Check(rec) || m->tab == NULL)
+        Py_RETURN_FALSE;
+    long long at = tab_find(m, ((OpRecordObject *)rec)->op_id);
+    return PyBool_FromLong(at >= 0 && m->tab[at] == (OpRecordObject *)rec);
+}
+
+/* _ended_of(op_ids) -> set of those ids that are not in flight (ended, or never were) */
+static PyObject *
+core_ended_of(CoreObject *m, PyObject *ids)
+{
+    PyObject *out = PySet_New(NULL);
+    PyObject *it = out ? PyObject_GetIter(ids) : NULL;
+    if (it == NULL) {
+        Py_XDECREF(out);
+        return NULL;
+    }
+    PyObject *o;
+    while ((o = PyIter_Next(it)) != NULL) {
+        long long id = PyLong_AsLongLong(o);
+        int bad = id == -1 && PyErr_Occurred();
+        if (!bad && (m->tab == NULL || tab_find(m, id) < 0) && PySet_Add(out, o) < 0)
+            bad = 1;
+        Py_DECREF(o);
+        if (bad) {
+            Py_DECREF(it);
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred()) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
 static PyMethodDef core_methods[] = {
     {"op_inline", (PyCFunction)(void (*)(void))core_op_inline, METH_FASTCALL,
      "op_inline(kind, fd, requested, nbytes): an op completed inside its submission call."},
@@ -873,6 +1011,12 @@ static PyMethodDef core_methods[] = {
      "and op ends with flags or a non-completed outcome are returned."},
     {"events_queued", (PyCFunction)core_events_queued, METH_NOARGS,
      "events_queued() -> events a drain() would return now."},
+    {"_outstanding_records", (PyCFunction)core_outstanding_records, METH_NOARGS,
+     "_outstanding_records() -> list of the OpRecords in flight (any order)."},
+    {"_is_outstanding", (PyCFunction)core_is_outstanding, METH_O,
+     "_is_outstanding(rec) -> is this very record in flight?"},
+    {"_ended_of", (PyCFunction)core_ended_of, METH_O,
+     "_ended_of(op_ids) -> set of the given op ids that are not in flight."},
     {NULL}
 };
 
@@ -881,7 +1025,7 @@ static PyMemberDef core_members[] = {
     {"ring_capacity", T_LONGLONG, offsetof(CoreObject, cap), READONLY, NULL},
     {"_seq_next", T_LONGLONG, offsetof(CoreObject, seq_next), READONLY, NULL},
     {"_next_seq", T_LONGLONG, offsetof(CoreObject, next_seq), READONLY, NULL},
-    {"_outstanding", T_OBJECT_EX, offsetof(CoreObject, outstanding), 0, NULL},
+    {"_fail_op_table", T_LONGLONG, offsetof(CoreObject, fail_op_table), 0, NULL},
     {"_buffers", T_OBJECT_EX, offsetof(CoreObject, buffers), 0, NULL},
     CORE_LL("ops_inline", ops_inline),
     CORE_LL("_ops_pended", ops_pended),

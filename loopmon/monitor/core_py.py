@@ -107,7 +107,8 @@ class PyMonitorCore:
         # a buffer's id the seq of its pin event (unique, increasing, never 0)
         self._seq_next = 1
         self._next_seq = 1          # the consumer's next wanted seq
-        self._outstanding: dict = {}
+        self._outstanding: dict = {}    # op_id -> OpRecord in flight (the C core: its op table)
+        self._fail_op_table = 0         # test hook: > 0 makes that many inserts fail
         self._buffers: dict = {}     # buffers held past their op's end
         self.ops_inline = 0
         self._ops_pended = 0
@@ -147,6 +148,8 @@ class PyMonitorCore:
             seq = self._seq_next
             self._seq_next = seq + 1
             rec = OpRecord(seq, kind, fd, requested, t)
+            if self._fail_op_table > 0:
+                self._inserts_fail()
             self._outstanding[seq] = rec
             self._ops_pended += 1
             self._ring_append((seq, EV_OP_SUBMIT, t, seq, kind, fd, requested))
@@ -173,6 +176,8 @@ class PyMonitorCore:
             rec.buffer_size = size
             rec.buffer_pin_t = t
             rec.peer = None
+            if self._fail_op_table > 0:
+                self._inserts_fail()
             self._outstanding[seq] = rec
             self._ops_pended += 1
             self.buffers_pinned += 1
@@ -293,6 +298,20 @@ class PyMonitorCore:
 
     def events_queued(self) -> int:
         return len(self._ring)
+
+    # the op table's readers (the C core's table is not a dict: these are the interface)
+    def _outstanding_records(self) -> list[OpRecord]:
+        return list(self._outstanding.values())       # one C call: atomic under the GIL
+
+    def _is_outstanding(self, rec: OpRecord) -> bool:
+        return self._outstanding.get(rec.op_id) is rec
+
+    def _ended_of(self, op_ids) -> set:
+        return set(op_ids).difference(self._outstanding)
+
+    def _inserts_fail(self) -> None:
+        self._fail_op_table -= 1
+        raise MemoryError("op table insert failed (injected: _fail_op_table)")
 
     def _note_error(self, exc: BaseException) -> None:  # pragma: no cover - Monitor's wins
         self.instrumentation_errors += 1

@@ -28,8 +28,9 @@ Every method swallows its own exceptions: instrumentation must never raise into 
 Errors are counted (``instrumentation_errors``) and the last one kept for the snapshot.
 
 Threads: only the loop thread writes.  Other threads (the telemetry collector, a GUI) read
-the int counters (atomic under the GIL), copy the dicts (``list(d.values())`` is one C call
-and so atomic under the GIL) and take events with ``drain()``: a single consumer.  Two
+the int counters (atomic under the GIL), copy the op table (``_outstanding_records()``) and
+the buffer dict (``list(d.values())``), each one C call and so atomic under the GIL, and
+take events with ``drain()``: a single consumer.  Two
 variants take the same events but build fewer tuples: ``drain_notable()`` only cancels,
 discards, failures and flagged ends; ``drain_range(start, stop)`` only a window (the
 telemetry collector's sampler).  The ring is bounded; when nobody drains it the oldest
@@ -52,7 +53,7 @@ from .snapshot import BufferInfo, OpInfo, Snapshot
 
 _monotonic = time.monotonic
 
-_SPEEDUPS_ABI = 1
+_SPEEDUPS_ABI = 2
 
 
 def _load_c_core():
@@ -156,7 +157,7 @@ class _MonitorCommon:
         try:
             buf_id = rec.buffer_id
             rec.buffer_id = 0
-            if self._outstanding.get(rec.op_id) is rec:
+            if self._is_outstanding(rec):
                 self._emit(EV_BUF_RELEASE, _monotonic(), buf_id)
             else:
                 self._release(buf_id, _monotonic())
@@ -230,7 +231,7 @@ class _MonitorCommon:
         monitor stays readable after ``loop.close()`` and shows nothing outstanding.
         """
         try:
-            for rec in list(self._outstanding.values()):
+            for rec in self._outstanding_records():
                 self.op_end(rec, OUTCOME_CANCELLED, 0, "", FLAG_DRAINED_AT_CLOSE)
             t = _monotonic()
             for buf_id in list(self._buffers):
@@ -243,7 +244,7 @@ class _MonitorCommon:
     def snapshot(self) -> Snapshot:
         """Counters as of now.  Safe to call from any thread, and after ``loop.close()``."""
         now = _monotonic()
-        ops = list(self._outstanding.values())
+        ops = self._outstanding_records()
         by_kind: dict[str, int] = {}
         for rec in ops:
             name = kind_name(rec.kind)
@@ -267,10 +268,15 @@ class _MonitorCommon:
             last_instrumentation_error=self.last_instrumentation_error,
         )
 
+    def not_in_flight(self, op_ids) -> set:
+        """Those of ``op_ids`` that are not in flight now (ended, or never started): one
+        lookup per id in the op table, in C, however many ops are in flight."""
+        return self._ended_of(op_ids)
+
     def outstanding(self) -> list[OpInfo]:
         """In-flight ops, oldest first, with their ages in seconds."""
         now = _monotonic()
-        ops = sorted(list(self._outstanding.values()), key=lambda r: r.submit_t)
+        ops = sorted(self._outstanding_records(), key=lambda r: r.submit_t)
         peers = self._peers.copy()
         return [OpInfo(op_id=r.op_id, kind=kind_name(r.kind), fd=r.fd, requested=r.requested,
                        buffer_size=r.buffer_size, age=now - r.submit_t,
@@ -293,7 +299,7 @@ class _MonitorCommon:
     def _live_buffer_records(self) -> list:
         """Buffers held now: kept ones (table) and those of outstanding ops (the records)."""
         bufs: list = list(self._buffers.values())
-        bufs += [rec for rec in list(self._outstanding.values()) if rec.buffer_id]
+        bufs += [rec for rec in self._outstanding_records() if rec.buffer_id]
         return bufs
 
     def _release(self, buf_id: int, t: float) -> None:

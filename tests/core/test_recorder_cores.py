@@ -143,16 +143,69 @@ def test_bad_calls_are_swallowed_and_counted(Mon):
 
 @pytest.mark.parametrize("Mon", CORES)
 def test_failing_table_is_swallowed(Mon):
-    class Exploding(dict):
-        def __setitem__(self, key, value):
-            raise MemoryError("table exploded")
-
     mon = Mon()
-    mon._outstanding = Exploding()
+    mon._fail_op_table = 1                  # the next insert fails, as on MemoryError
     assert mon.op_start_pinned(ev.KIND_RECV, 1, 10, 10) is None
     assert mon.instrumentation_errors == 1
-    assert "table exploded" in mon.last_instrumentation_error
+    assert "op table insert failed" in mon.last_instrumentation_error
     assert mon.drain() == []
+    rec = mon.op_start(ev.KIND_RECV, 1, 10)  # and the one after works
+    assert rec is not None and mon.snapshot().ops_outstanding == 1
+
+
+@pytest.mark.parametrize("Mon", CORES)
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 10 ** 6)), max_size=600))
+def test_op_table_follows_any_order_of_starts_and_ends(Mon, steps):
+    """The op table (in C: open addressing with backward-shift deletion, growing and
+    shrinking) always holds exactly the ops in flight, whatever order they end in."""
+    mon = Mon()
+    live: dict = {}
+    ended: list = []
+    for start, pick in steps:
+        if start or not live:
+            rec = mon.op_start(ev.KIND_RECV, 3, 10)
+            live[rec.op_id] = rec
+        else:
+            op_id = sorted(live)[pick % len(live)]
+            rec = live.pop(op_id)
+            mon.op_end(rec, ev.OUTCOME_COMPLETED, 1)
+            ended.append(rec)
+    assert sorted(r.op_id for r in mon._outstanding_records()) == sorted(live)
+    assert all(mon._is_outstanding(r) for r in live.values())
+    assert not any(mon._is_outstanding(r) for r in ended)
+    probe = set(live) | {r.op_id for r in ended[-50:]} | {0, 10 ** 9}
+    assert mon.not_in_flight(probe) == probe - set(live)
+    for rec in ended[-20:]:
+        mon.op_end(rec, ev.OUTCOME_COMPLETED, 1)        # ended twice: ignored
+    snap = mon.snapshot()
+    assert snap.ops_outstanding == len(live) and snap.ops_completed == len(ended)
+    mon.drain_at_close()
+    assert mon._outstanding_records() == [] and mon.snapshot().ops_outstanding == 0
+
+
+@pytest.mark.parametrize("Mon", CORES)
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_op_table_random_walk_through_growth_and_shrinking(Mon, seed):
+    """Long random walks: thousands in flight (the table grows), then back to a few (it
+    shrinks), ends in random order -- checked against a plain dict along the way."""
+    import random
+    rng = random.Random(seed)
+    mon = Mon()
+    live: dict = {}
+    for step in range(12000):
+        p_start = 0.7 if step < 5000 else 0.3           # up to ~2000 in flight, then down
+        if rng.random() < p_start or not live:
+            rec = mon.op_start(ev.KIND_RECV, 3, 10)
+            live[rec.op_id] = rec
+        else:
+            rec = live.pop(rng.choice(list(live)))
+            mon.op_end(rec, ev.OUTCOME_COMPLETED, 1)
+            assert not mon._is_outstanding(rec)
+        if step % 97 == 0:
+            assert sorted(r.op_id for r in mon._outstanding_records()) == sorted(live)
+            assert all(mon._is_outstanding(r) for r in live.values())
+    assert mon.snapshot().ops_outstanding == len(live)
 
 
 @pytest.mark.parametrize("Mon", CORES)
