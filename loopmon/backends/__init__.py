@@ -3,8 +3,10 @@
 ``base`` documents the interface and its overlapped semantics; each backend module opens
 with an essay on its mechanism.  Importing this package imports no platform-only module.
 
-* ``selector`` (+ ``fdtable``, ``faults``, ``common``): try the syscall first, wait for
-  readiness only when it would block.  The default everywhere.
+* ``selector`` (+ the ``selector_*`` modules: ``selector_receive``/``selector_send`` the op
+  methods, ``selector_completion`` the readiness pass, ``selector_ops`` a pending op's life;
+  and ``fdtable``, ``faults``, ``stream_receive``, ``common``): try the syscall first, wait
+  for readiness only when it would block.  The default everywhere.
 * ``io_uring`` (+ the ``uring_*`` modules: ``uring_ring`` the kernel rings and syscalls,
   ``uring_memory`` pinned buffers, ``uring_ops`` one op's life, ``uring_completion`` the
   completion pass, ``uring_carry`` results of cancelled ops carried to the next reader):
