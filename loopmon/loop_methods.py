@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import socket
 from asyncio import base_events, sslproto
+from typing import Any
 
 from .transports import SocketTransport
 

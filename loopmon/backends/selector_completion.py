@@ -239,6 +239,8 @@ class ReadinessCompletionMixin:
                     if err:
                         raise OSError(err, f"Connect call failed {op._lm_arg}")
                     res = None
+                    if op._lm_rec is not None:
+                        self._note_peer_of(st.fd, obj)     # connected: now it has a peer
                 else:  # KIND_SENDFILE
                     in_fd, offset = op._lm_arg
                     while op._lm_done < op._lm_n:

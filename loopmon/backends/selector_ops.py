@@ -31,6 +31,17 @@ Traps:
 * **Every path that ends an op clears ``_lm_backend``** (so a late ``cancel()`` does not
   request twice) **and ``_lm_buf``** (an ended op must not keep its buffer alive; on a
   ``StreamReceive`` that setter is a no-op, its buffer is the transport's).
+* **Peers of ``sock_*`` sockets, and fd numbers that come back.**  Transports tell the monitor
+  who is on the other end of their fd (``Monitor.note_peer``/``forget_peer``); a socket used
+  with the loop's ``sock_*`` calls has nobody to do that, and is closed without telling
+  anybody, so its number comes back with the next socket.  The fd table is the one place
+  that notices a new object on a number, so it sets the fd's peer there (``_waiters_for`` ->
+  ``_note_peer_of``: ``getpeername``, or none) -- once per object, never per op -- and
+  again when a connect completes (``selector_send.connect``, ``selector_completion``).
+  Only pending ops are listed by ``Monitor.outstanding()``, and every pending op of this
+  backend is queued on such a record, so a stale peer of a closed socket never shows beside
+  the ops of its successor.  A proactor embedded in another backend (io_uring's fallback)
+  sets no peers: it sees only some of an fd's ops, so it could not take one back.
 * ``_pend`` is inlined in ``selector_receive.recv_into_then``'s drained path (a stream's
   hot path): a change to one must be made to the other.
 """
@@ -43,6 +54,7 @@ from typing import Any, Optional
 from ..monitor.events import (
     FLAG_DISCARDED, KIND_RECV_INTO, OUTCOME_CANCELLED, OUTCOME_FAILED, RECEIVE_KINDS,
 )
+from ..transports import _peer_text   # one spelling of an address, as transports note theirs
 from .common import CancelRequestFuture
 from .fdtable import _READ, _WRITE, FdWaiters, _fd_or_minus_one, _fileno_or_none
 from .stream_receive import StreamReceive
@@ -117,12 +129,39 @@ class PendingOpsMixin:
         st = self._fds.get(fd)
         if st is None:
             st = self._fds[fd] = FdWaiters(fd, obj)
+            self._note_peer_of(fd, obj)
         elif st.obj is not obj:
             if st.obj is None:
                 st.obj = obj            # made by add_reader(fd): the ops' object joins it
+                self._note_peer_of(fd, obj)
             elif _fileno_or_none(st.obj) != fd:
                 st = self._replace_stale(st, obj)
+                self._note_peer_of(fd, obj)
         return st
+
+    def _note_peer_of(self, fd: int, obj: Any) -> None:
+        """The peer shown beside ``fd``'s ops becomes ``obj``'s own (or none): a new object
+        waits on ``fd``, or its connect just completed.
+
+        The number may have belonged to a closed connection whose peer the monitor still
+        holds (a ``sock_*`` socket is closed without telling anybody), so this always sets
+        or clears it.  Once per object on an fd (and per connect), never per op.
+        """
+        mon = self.monitor
+        if mon is None or getattr(self._loop, "_proactor", None) is not self:
+            # embedded in another backend (io_uring's fallback): this table sees only some of
+            # an fd's ops, so it could not take back a peer whose socket has gone
+            return
+        peer = ""
+        if isinstance(obj, _socket):
+            try:
+                peer = _peer_text(obj.getpeername())
+            except Exception:           # not connected (a listener, unconnected UDP), or gone
+                pass
+        if peer:
+            mon.note_peer(fd, peer)
+        else:
+            mon.forget_peer(fd)
 
     def _pend_stream_receive(self, r: StreamReceive, st: Optional[FdWaiters]) -> None:
         """``StreamReceive.start()`` would block: queue it as ``_pend`` queues a receive."""

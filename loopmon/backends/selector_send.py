@@ -22,7 +22,8 @@ The traps:
 * **``sendfile`` that cannot work must say so in asyncio's words.**  When ``os.sendfile``
   refuses the pair of fds before sending anything, the error becomes
   ``SendfileNotAvailableError``, so ``loop.sock_sendfile`` falls back to plain sends.
-* **A non-blocking connect completes by writability**, with ``SO_ERROR`` saying how.
+* **A non-blocking connect completes by writability**, with ``SO_ERROR`` saying how; once
+  connected, the socket's peer is shown beside its fd's ops (``selector_ops._note_peer_of``).
 """
 from __future__ import annotations
 
@@ -132,4 +133,6 @@ class SendSubmitMixin:
             return op
         except Exception as exc:
             return self._failed_inline(KIND_CONNECT, conn, 0, exc)
+        if self.monitor is not None:
+            self._note_peer_of(conn.fileno(), conn)     # its fd's record may predate the connect
         return self._done_inline(KIND_CONNECT, conn, 0, 0, None)
