@@ -119,6 +119,8 @@ class Agent:
         self._discovery_written = False
         self._recorder: Any = None
         self._pid = os.getpid()
+        self._loop_ident: Optional[int] = None        # the agent thread's ident
+        self._driven: list[Collector] = []            # collectors our loop drives
 
     # ---------------------------------------------------------------- public
     @property
@@ -145,6 +147,7 @@ class Agent:
 
         def run() -> None:
             # no asyncio.set_event_loop(): that goes through the (program's) policy
+            self._loop_ident = threading.get_ident()
             try:
                 self._loop.run_until_complete(self._bind())
             except BaseException as exc:
@@ -185,7 +188,11 @@ class Agent:
             return col          # a forked child: the agent (and its socket) is the parent's
         if col is self.collector:
             return col          # attached twice (policy and loop factory both saw it)
-        col.start()
+        # the agent's loop drives the collector (no thread of its own): see the docstring
+        if not (self._thread is not None and not self._closing and col.drive_from(self._loop)):
+            col.start()
+        elif col not in self._driven:
+            self._driven.append(col)
         self.collector = col
         if self._want_discovery and self._thread is not None:
             try:
@@ -220,6 +227,9 @@ class Agent:
             except RuntimeError:
                 pass
             self._thread.join(timeout)
+        for other in self._driven:      # older loops' collectors, if still running, go on
+            other.release_driver()      # on threads of their own
+        self._driven.clear()
         if self._recorder is not None:
             self._recorder.close(reason)
         self._cleanup_files()
@@ -284,6 +294,19 @@ class Agent:
             wake = getattr(sub, "wake_event", None)
             if wake is not None:
                 wake.set()
+
+    def _on_loop(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """A wakeup that runs ``fn`` on the agent's loop: directly when the collector ticks
+        on the agent's thread (it drives it), else through ``call_soon_threadsafe``, whose
+        self-pipe write and the extra select it causes are two GIL hand-offs."""
+        loop = self._loop
+
+        def wakeup() -> None:
+            if threading.get_ident() == self._loop_ident:
+                fn()
+            else:
+                loop.call_soon_threadsafe(fn)
+        return wakeup
 
     def _encode(self, msg: Any) -> bytes:
         key = id(msg)
@@ -372,11 +395,8 @@ class Agent:
             sub = self.collector.subscribe(event_budget=hello.event_budget or None,
                                            op_events=hello.op_events)
         wake = asyncio.Event()
-        loop = self._loop
 
-        def wakeup() -> None:
-            loop.call_soon_threadsafe(flush if flush is not None else wake.set)
-        sub.set_wakeup(wakeup)
+        sub.set_wakeup(self._on_loop(flush if flush is not None else wake.set))
         sub.wake_event = wake          # type: ignore[attr-defined]
         wake.set()                     # the backlog is already queued
         self._subs.add(sub)
@@ -410,7 +430,7 @@ class Agent:
             if transport.get_write_buffer_size() > WRITE_HIGH_WATER:
                 s.wake_event.set()                      # type: ignore[attr-defined]
 
-        sub.set_wakeup(lambda: self._loop.call_soon_threadsafe(flush))
+        sub.set_wakeup(self._on_loop(flush))
         while True:
             wake = sub.wake_event      # type: ignore[attr-defined]
             waiter = asyncio.ensure_future(wake.wait())

@@ -58,100 +58,24 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from ..monitor import Monitor
-from .drain import EventDrain
+from .drain import DrainSchedule, EventDrain
 from .event_budget import EventSampler, budget_from_env, effective_budget
 from .process_figures import ProcessFigures
-from .messages import (PROTOCOL_MAJOR, PROTOCOL_MINOR, Alert, Dropped, Goodbye, Hello, History,
+from .messages import (PROTOCOL_MAJOR, PROTOCOL_MINOR, Alert, Goodbye, Hello, History,
                        OpEvents, Outstanding, Sample)
+from .subscription import DEFAULT_SUBSCRIPTION_MAX_EVENTS, Subscription
 from .wire import OP_EVENTS_PER_FRAME
 
 log = logging.getLogger("loopmon.telemetry")
 
 DEFAULT_SAMPLE_PERIOD = 0.05
-DEFAULT_DRAIN_PERIOD = 0.01     # 5 drains per sample (measured: 25 ms drains cost a client more)
+DEFAULT_DRAIN_PERIOD = 0.01     # the shortest gap between drains (see drain.DrainSchedule)
 DEFAULT_SUBSCRIPTION_MAXLEN = 2000      # messages
-DEFAULT_SUBSCRIPTION_MAX_EVENTS = 100_000   # op events held in OpEvents messages
 OUTSTANDING_CAP = 1000          # ops per Outstanding message (oldest first)
 PROCESS_FIGURES_EVERY = 0.2     # seconds between reads of RSS, CPU %, threads, fds
-
-
-class Subscription:
-    """A bounded queue of messages for one consumer.  ``poll()`` never blocks."""
-
-    def __init__(self, collector: "Collector", hello: Hello, maxlen: int,
-                 max_events: int = DEFAULT_SUBSCRIPTION_MAX_EVENTS) -> None:
-        self.hello = hello
-        self.event_budget = 0            # op events/s this consumer is sent (0: all of them)
-        self.op_events = True            # False: no OpEvents at all
-        self._sampler: Optional[EventSampler] = None
-        self._omitted_base = 0           # the sampler's omitted count when we subscribed
-        self.maxlen = max(8, maxlen)
-        self.max_events = max(1, max_events)
-        # queued OpEvents tuples = _events_in - _events_out; each counter has a single writer
-        self._events_in = 0
-        self._events_out = 0
-        self._collector = collector
-        self._queue: deque = deque()
-        self._pending_drops = 0          # dropped since the last Dropped message was queued
-        self.dropped_total = 0
-        self.closed = False
-        self._wakeup: Optional[Callable[[], None]] = None
-
-    def set_wakeup(self, callback: Optional[Callable[[], None]]) -> None:
-        """``callback()`` runs on the collector thread after each tick that queued messages."""
-        self._wakeup = callback
-
-    def poll(self, max_items: int = 1 << 30) -> list[Any]:
-        """Queued messages, oldest first (non-blocking; possibly empty)."""
-        out = []
-        q = self._queue
-        n_events = 0
-        try:
-            while q and len(out) < max_items:
-                msg = q.popleft()
-                if type(msg) is OpEvents:
-                    n_events += len(msg.events)
-                out.append(msg)
-        except IndexError:  # raced with nothing: single consumer, but be safe
-            pass
-        self._events_out += n_events
-        return out
-
-    @property
-    def events_omitted(self) -> int:
-        """Op events left out of this consumer's stream by its event budget so far."""
-        s = self._sampler
-        return s.omitted_total - self._omitted_base if s is not None else 0
-
-    def close(self) -> None:
-        self.closed = True
-        self._collector._unsubscribe(self)
-        self._queue.clear()
-
-    # ---------------------------------------------------------------- collector side
-    def _offer(self, msg: Any) -> None:
-        n_events = len(msg.events) if type(msg) is OpEvents else 0
-        if (len(self._queue) >= self.maxlen or
-                (n_events and self._events_in - self._events_out + n_events > self.max_events)):
-            self._pending_drops += 1
-            self.dropped_total += 1
-            return
-        self._events_in += n_events
-        if self._pending_drops:
-            self._queue.append(Dropped(self._pending_drops, self.dropped_total))
-            self._pending_drops = 0
-        self._queue.append(msg)
-
-    def _wake(self) -> None:
-        cb = self._wakeup
-        if cb is not None:
-            try:
-                cb()
-            except Exception:  # a consumer whose loop closed: nothing to wake
-                pass
 
 
 def _fields(record: Any) -> dict:
@@ -194,9 +118,9 @@ class Collector:
             raise ValueError("sample_period must be positive")
         self.monitor = monitor
         self.sample_period = float(sample_period)
-        # drain (and observe, and select) more often than we sample: see the module docstring
-        self._drains_per_tick = max(1, round(self.sample_period / max(drain_period, 1e-3)))
-        self.drain_period = self.sample_period / self._drains_per_tick
+        # the shortest gap between drains; how often it drains is the schedule's business
+        self.drain_period = min(self.sample_period, max(float(drain_period), 1e-3))
+        self._schedule = DrainSchedule(self.sample_period, self.drain_period, monitor)
         self._work_lock = threading.Lock()       # one drainer at a time (thread or tick())
         self.argv = list(sys.argv if argv is None else argv)
         # op events/s a subscriber is sent at most (0: unlimited); see event_budget.py
@@ -219,6 +143,7 @@ class Collector:
         self._subs: list[Subscription] = []
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
+        self._driver: Any = None             # an asyncio loop driving us instead of a thread
         self._stop = threading.Event()
         self.finished = False
         self._finish_reason = ""
@@ -235,22 +160,62 @@ class Collector:
                      started_t=self.monitor.created_t, started_wall=self.monitor.created_wall)
 
     def start(self) -> "Collector":
+        """Start draining on a thread of our own (unless a loop drives us, or we finished)."""
         with self._lock:
-            if self._thread is None:
+            if self._thread is None and self._driver is None and not self.finished:
                 self._thread = threading.Thread(target=self._run, name="loopmon-collector",
                                                 daemon=True)
                 self._thread.start()
         return self
 
+    def drive_from(self, loop: Any) -> bool:
+        """Drain and tick as callbacks on ``loop`` -- an asyncio loop running on another
+        thread, the agent's -- instead of on a thread of our own: a drain, a tick, the
+        fan-out and the agent's write to its clients then happen in one wakeup of one thread
+        (every wakeup takes the GIL from the monitored loop).  False, and nothing changes, if
+        our own thread already runs, another loop drives us, or we finished."""
+        with self._lock:
+            if self._driver is loop:
+                return True
+            if self._thread is not None or self._driver is not None or self.finished:
+                return False
+            self._driver = loop
+            delay = self._schedule.start(time.monotonic())
+        loop.call_soon_threadsafe(loop.call_later, delay, self._driven_step, loop)
+        return True
+
+    def release_driver(self) -> None:
+        """The driving loop is going away: go on (if not finished) on a thread of our own."""
+        with self._lock:
+            driven, self._driver = self._driver is not None, None
+        if driven and not self.finished:
+            self.start()
+
+    @property
+    def driven(self) -> bool:
+        """A loop drives the drains and ticks (``drive_from``), not our own thread."""
+        return self._driver is not None
+
     def stop(self, reason: str = "collector stopped", timeout: float = 2.0) -> None:
-        """Final tick, Goodbye to subscribers, thread ends."""
+        """Final tick, Goodbye to subscribers, thread ends (a driving loop stops driving)."""
         self._stop_reason = reason
         self._stop.set()
-        t = self._thread
-        if t is not None and t is not threading.current_thread():
-            t.join(timeout)
-        if t is None:
-            self._finish(reason)
+        with self._lock:
+            t = self._thread
+            driven, self._driver = self._driver is not None, None
+        if t is not None:
+            if t is not threading.current_thread():
+                t.join(timeout)
+            return
+        if driven and not self.finished:
+            # the final tick here, on the caller's thread: the driving loop may be stopping
+            # (or waiting for us); _work_lock keeps it from draining at the same time
+            try:
+                self.tick(final=True)
+            except Exception as exc:  # pragma: no cover - stopping must not raise
+                self.tick_errors += 1
+                log.debug("collector final tick failed: %r", exc)
+        self._finish(reason)
 
     def subscribe(self, maxlen: int = DEFAULT_SUBSCRIPTION_MAXLEN,
                   max_events: int = DEFAULT_SUBSCRIPTION_MAX_EVENTS,
@@ -303,33 +268,46 @@ class Collector:
                 pass
 
     def _run(self) -> None:
-        next_t = time.monotonic()
-        drains = 0
-        while True:
-            next_t += self.drain_period
-            delay = next_t - time.monotonic()
-            if delay < 0:                      # fell behind (GIL starvation): don't burst
-                next_t = time.monotonic()
-                delay = 0
-            stopping = self._stop.wait(delay)
-            closed = self.monitor.closed
-            drains += 1
-            try:
-                if stopping or closed or drains % self._drains_per_tick == 0:
-                    self.tick(final=stopping or closed)
-                else:
-                    with self._work_lock:
-                        self._ingest(time.monotonic())
-            except Exception as exc:  # pragma: no cover - the thread must survive
-                self.tick_errors += 1
-                log.debug("collector tick failed: %r", exc)
-            if stopping or closed:
-                self._finish(self._stop_reason if stopping else "loop closed")
-                return
+        delay = self._schedule.start(time.monotonic())
+        while delay is not None:
+            self._stop.wait(delay)
+            delay = self._step()
+
+    def _driven_step(self, loop: Any) -> None:
+        """``_step`` as a callback of the driving loop, which it schedules again."""
+        if self._driver is not loop or self.finished:
+            return                     # stopped, or handed to our own thread meanwhile
+        delay = self._step()
+        if delay is not None and self._driver is loop:
+            loop.call_later(delay, self._driven_step, loop)
+
+    def _step(self) -> Optional[float]:
+        """One wakeup: a tick when one is due, else a drain.  -> the delay until the next
+        wakeup, or None when finished (stopped, or the monitored loop closed)."""
+        stopping = self._stop.is_set()
+        closed = self.monitor.closed
+        now = time.monotonic()
+        sched = self._schedule
+        try:
+            if stopping or closed or sched.tick_due(now):
+                sched.ticked(now)
+                self.tick(final=stopping or closed)
+            else:
+                with self._work_lock:
+                    self._ingest(now)
+        except Exception as exc:  # pragma: no cover - the thread must survive
+            self.tick_errors += 1
+            log.debug("collector tick failed: %r", exc)
+        if stopping or closed:
+            self._finish(self._stop_reason if stopping else "loop closed")
+            return None
+        return sched.delay(time.monotonic())
 
     def _finish(self, reason: str) -> None:
-        self._finish_reason = reason
         with self._lock:
+            if self.finished:
+                return
+            self._finish_reason = reason
             self.finished = True
             subs, self._subs = list(self._subs), []
         for sub in subs:
@@ -341,7 +319,10 @@ class Collector:
         ``EventDrain`` picks the cheapest way to serve the detectors and the streams."""
         with self._lock:
             streams = {sub._sampler for sub in self._subs if sub.op_events}
+        sched = self._schedule
+        queued = sched.queued()
         self._drain.ingest(now, streams)
+        sched.drained(now, queued, self._drain.last_full)
 
     @property
     def events_forwarded(self) -> int:
