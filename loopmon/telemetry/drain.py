@@ -36,9 +36,12 @@ Every drain is a wakeup of the draining thread, and every wakeup takes the GIL f
 loop thread.  A drain is needed at each tick (every ``sample_period``), and in between only
 when the ring would otherwise fill: the schedule estimates the event rate from what each
 drain found queued (``events_queued()``, read before it) and drains early only if the ring
-would pass ``RING_FILL`` of its capacity before the next tick.  With the C core's 64 Ki-slot
-ring that is above ~650 k events/s at the default 50 ms: an echo benchmark (~420 k events/s)
-is drained once per tick, where a fixed 10 ms period woke five times as often.  Two cases
+would pass ``RING_FILL`` of its capacity before the next tick.  With a 64 Ki-slot ring
+that is above ~650 k events/s at the default 50 ms: an echo benchmark (~420 k events/s) is
+drained once per tick, where a fixed 10 ms period woke five times as often.  With 8 Ki slots
+(the C core's starting size, to fit a core's L2 cache) that rate needs the short period
+again, and once per tick suffices below ~80 k events/s.  The capacity is read at every
+decision: a monitor doubles its ring after an overflow.  Two cases
 keep the short period (``min_period``): a monitor that cannot say how much is queued, and a
 drain that built every event (``EventDrain.last_full``: an unlimited subscriber, a detector
 that observes everything, a notable drain) -- one long drain would hold the GIL, in one C
@@ -71,11 +74,11 @@ class DrainSchedule:
     def __init__(self, sample_period: float, min_period: float, monitor: Any) -> None:
         self.sample_period = sample_period
         self.min_period = min(min_period, sample_period)
-        capacity = getattr(monitor, "ring_capacity", None)
+        self._monitor = monitor
         queued = getattr(monitor, "events_queued", None)
         # None: the monitor cannot tell how full its ring is; drain every min_period
-        self._queued: Optional[Callable[[], int]] = queued if capacity and queued else None
-        self._room = float(capacity or 0) * RING_FILL
+        self._queued: Optional[Callable[[], int]] = (
+            queued if queued is not None and self._capacity() else None)
         self.next_tick = 0.0
         self._last_drain: Optional[float] = None
         self._rate = 0.0                     # events/s, a conservative estimate
@@ -120,8 +123,16 @@ class DrainSchedule:
         if self._queued is None or self._last_full:
             return min(until_tick, self.min_period)
         if self._rate > 0.0:
-            until_tick = min(until_tick, max(self.min_period, self._room / self._rate))
+            room = self._capacity() * RING_FILL
+            until_tick = min(until_tick, max(self.min_period, room / self._rate))
         return until_tick
+
+    def _capacity(self) -> int:
+        """The ring's size now (it may grow: a monitor doubles it after an overflow)."""
+        try:
+            return int(getattr(self._monitor, "ring_capacity", 0) or 0)
+        except Exception:
+            return 0
 
 
 class EventDrain:

@@ -25,8 +25,12 @@ What is kept (in stream order), most important first
    searched only when one did.
 3. **A window of whole lifecycles**: the allowance left is spent on a window of that many
    consecutive events at a random place in the drain.  Its inline ops travel, and every op
-   that went pending in the window *and ended within half as many events after it* (its
-   tail) travels whole: submit, buffer pin, end, buffer release.  An op that started before
+   that went pending in the window *and ended within its tail* travels whole: submit,
+   buffer pin, end, buffer release.  The tail is half the window in every ``LEARN_EVERY``-th
+   window, which measures the spans (end seq - submit seq) of the ops it closes; the others
+   get ``SPAN_MARGIN`` x the longest span that one saw (at least ``MIN_TAIL`` events): in
+   the echo benchmark ~100 events where half the window was ~500, and every event of a tail
+   is built and looked at.  An op that started before
    the window, or that is still open after the tail, is left out entirely -- so the app never
    sees half a lifecycle it cannot close (long-waiting ops reach it through ``Outstanding``;
    the sample leans to short ops).  A window is a C slice, and only it is looked at: the
@@ -52,7 +56,7 @@ from __future__ import annotations
 import os
 import random
 from itertools import chain, compress, repeat
-from operator import itemgetter, ne
+from operator import itemgetter, ne, sub
 from typing import Any, Optional
 
 from ..monitor.events import (EV_BUF_PIN, EV_BUF_RELEASE, EV_DISCARD, EV_OP_CANCEL, EV_OP_END,
@@ -62,6 +66,11 @@ from .event_batch import EventBatch
 DEFAULT_EVENT_BUDGET = 20_000        # events/s per client
 BURST_SECONDS = 0.5                  # the bucket holds this much of the budget
 _SENT_OPEN_TRIM = 200_000
+#: every LEARN_EVERY-th window is built with the full tail (half the window) to measure how
+#: long the sampled ops take; the others get a tail of SPAN_MARGIN x the longest span seen
+LEARN_EVERY = 8
+SPAN_MARGIN = 2
+MIN_TAIL = 32
 #: in-flight ops whose ends are sent although the sampler never saw them start: the ones the
 #: client knows from its ``Outstanding`` backlog (the collector lists at most this many).
 #: ``needs_whole_drain`` checks them against the in-flight table every drain.
@@ -107,6 +116,9 @@ class EventSampler:
         self._sent_open: set[int] = set()
         self._rng = random.Random(0x10097)
         self._missing: set[int] = set()   # ops seen ended whose end was not in the last drain
+        self._windows = 0                 # windows placed so far
+        self._span: Optional[int] = None  # longest submit-to-end distance (events) last learnt
+        self._learning = False            # the window being taken has the full tail
         if monitor is not None:
             try:   # the client's Outstanding backlog lists the oldest SEEDED_OPS of them
                 self._sent_open.update(op.op_id for op in monitor.outstanding()[:SEEDED_OPS])
@@ -153,7 +165,7 @@ class EventSampler:
             return None
         m = min(int(max(self.tokens, 1.0)), n)
         i = self._rng.randrange(n - m + 1)
-        return i, i + m + min(n - i - m, m // 2), m
+        return i, i + m + min(n - i - m, self._tail(m)), m
 
     def take_window(self, first_seq: int, part: list, plan: tuple[int, int, int],
                     n: int) -> list:
@@ -259,9 +271,20 @@ class EventSampler:
         n = len(batch)
         m = min(room, n)
         i = self._rng.randrange(n - m + 1)
-        tail = min(n - i - m, m // 2)
+        tail = min(n - i - m, self._tail(m))
         part = EventBatch(batch[i:i + m + tail], notable=False)
         return self._lifecycles(part, part[m - 1][0] + 1)
+
+    def _tail(self, m: int) -> int:
+        """How many events after a window of ``m`` are built to close its lifecycles: half
+        the window in every LEARN_EVERY-th (a learning window, which measures the spans),
+        else SPAN_MARGIN x the longest span the last learning window saw."""
+        self._windows += 1
+        full = m // 2
+        self._learning = self._span is None or self._windows % LEARN_EVERY == 0
+        if self._learning:
+            return full
+        return min(full, max(MIN_TAIL, SPAN_MARGIN * self._span))
 
     def _lifecycles(self, part: EventBatch, hi: int) -> list:
         """The window (events of ``part`` with seq < ``hi``): its inline ops, and the whole
@@ -280,6 +303,9 @@ class EventSampler:
         if not closing:
             return out
         closed = set(map(_op_of, closing))
+        if self._learning:     # an op's id is its submit's seq: span = end seq - op id
+            self._span = max(map(sub, map(_seq_of, closing), map(_op_of, closing)))
+            self._learning = False
         out += compress(submits, map(closed.__contains__, map(_op_of, submits)))
         out += closing
         pins = part.group(EV_BUF_PIN)
