@@ -18,6 +18,16 @@
  * next sequence number, so sequence numbers are dense and the writer simply overwrites the
  * oldest slot: nothing is freed on the producer side, and a reader that fell behind learns
  * how much it lost from ``seq_next - next_seq - capacity`` (counted in ``events_dropped``).
+ *
+ * A slot is one 64-byte cache line, aligned, holding plain numbers only: the time, up to six
+ * int fields and the index of its string field in a per-monitor string table (error type
+ * names: a handful of distinct values; index 0 is "").  Its seq is implied by its position.
+ * So writing an event is eight stores into one line -- no reading of the old slot, no
+ * reference counts -- and the ring's cache footprint per event is one line.  That footprint
+ * matters: the ring is written by the loop thread and, when it does not fit in the core's
+ * L2 cache next to the program's own working set, every event evicts some of the program's
+ * lines (measured: a 64 Ki-slot ring of the earlier 88-byte slots cost ~3 points of echo
+ * round-trip time more than a 4 Ki one).
  * Tuples -- the event contract of ``loopmon.monitor.events`` -- are built only by ``drain()``,
  * on the consumer's thread, and only for the events somebody drains: with no telemetry
  * attached, an instrumented loop never builds an event tuple.
@@ -44,6 +54,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <time.h>
 
 #define ABI_VERSION 2
 
@@ -61,7 +72,6 @@
 #define FLAG_CANCEL_REQUESTED 1
 #define FLAG_LATE_COMPLETION 2
 #define FLAG_DISCARDED 4
-#define MAX_FIELDS 7
 #define N_KINDS 32
 
 /* payload fields after (seq, code, t) per event code, and which one is a string (-1: none) */
@@ -73,9 +83,17 @@ static unsigned char DIRECTION[N_KINDS];
 
 static PyObject *EMPTY_STR;    /* "" */
 
+/* time.monotonic(), read the cheapest way: on Linux, time.monotonic() *is*
+   clock_gettime(CLOCK_MONOTONIC) (a vDSO call, no syscall), so read it directly and skip
+   the runtime's checked wrapper; elsewhere (macOS: mach_absolute_time) go through it */
 static inline double
 now(void)
 {
+#if defined(__linux__)
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) == 0)
+        return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+#endif
 #if PY_VERSION_HEX >= 0x030D0000
     PyTime_t t;
     (void)PyTime_MonotonicRaw(&t);
@@ -104,10 +122,24 @@ typedef struct {
 static PyTypeObject OpRecord_Type;
 #define OpRecord_Check(o) (Py_TYPE(o) == &OpRecord_Type)
 
+/* Dead records are kept for reuse (a pending receive per round trip makes and frees one):
+   taking one off this list is a pointer pop, where obmalloc is a function call each way.
+   Bounded; the GIL guards it. */
+#define RECORD_FREELIST_MAX 256
+static OpRecordObject *record_freelist[RECORD_FREELIST_MAX];
+static int record_freelist_n;
+
 static OpRecordObject *
 oprecord_alloc(void)
 {
-    OpRecordObject *r = PyObject_New(OpRecordObject, &OpRecord_Type);
+    OpRecordObject *r;
+    if (record_freelist_n > 0) {
+        r = record_freelist[--record_freelist_n];
+        (void)PyObject_Init((PyObject *)r, &OpRecord_Type);
+    }
+    else {
+        r = PyObject_New(OpRecordObject, &OpRecord_Type);
+    }
     if (r != NULL) {
         r->cancel_t = 0.0;
         r->peer = NULL;
@@ -142,8 +174,11 @@ oprecord_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 static void
 oprecord_dealloc(OpRecordObject *r)
 {
-    Py_XDECREF(r->peer);
-    PyObject_Free(r);
+    Py_CLEAR(r->peer);
+    if (record_freelist_n < RECORD_FREELIST_MAX)
+        record_freelist[record_freelist_n++] = r;
+    else
+        PyObject_Free(r);
 }
 
 static PyObject *
@@ -197,18 +232,32 @@ static PyTypeObject OpRecord_Type = {
 
 /* --------------------------------------------------------------------------- MonitorCore */
 
+#define SLOT_INTS 6            /* int fields of the widest event (op_inline: 6 + a string) */
+#define MAX_STRINGS 4096        /* distinct strings a monitor keeps; more read as STR_OVERFLOW */
+#define STR_OVERFLOW "(more distinct error names than loopmon keeps)"
+
+typedef struct {
+    double t;
+    long long f[SLOT_INTS];   /* the event's int fields in order, its string field skipped */
+    unsigned int str;         /* the string field: index into the monitor's string table */
+    int code;
+} Slot;                       /* 64 bytes: one cache line (the ring is line-aligned) */
+_Static_assert(sizeof(Slot) == 64, "a ring slot is one cache line");
+
+/* a slot taken by a drain, with the seq its position implied */
 typedef struct {
     long long seq;
-    double t;
-    long long f[MAX_FIELDS];
-    PyObject *s;              /* the string field (owned), or NULL */
-    int code;
-} Slot;
+    Slot s;
+} Taken;
 
 typedef struct {
     PyObject_HEAD
-    Slot *ring;
+    Slot *ring;               /* cache-line aligned, inside ring_mem */
+    void *ring_mem;
     long long cap;
+    long long cap_max;        /* the ring doubles up to this when a drain finds drops */
+    PyObject *strings;        /* list: the string table (index -> str); [0] is "" */
+    PyObject *string_ids;     /* dict: str -> index */
     long long seq_next;       /* sequence number of the next event (ids come from it too) */
     long long next_seq;       /* the consumer's next wanted seq */
     OpRecordObject **tab;     /* the outstanding-op table (see "The op table"); owns refs */
@@ -236,20 +285,52 @@ typedef struct {
     long long instrumentation_errors;
 } CoreObject;
 
+/* write event `seq`: its int fields in order (the string field skipped: `str` is its index
+   in the string table).  Stores only: the old slot is never read. */
 static inline void
-put(CoreObject *m, long long seq, int code, double t, PyObject *s,
-    long long a, long long b, long long c, long long d, long long e, long long f, long long g)
+put(CoreObject *m, long long seq, int code, double t, unsigned int str,
+    long long a, long long b, long long c, long long d, long long e, long long f)
 {
     Slot *sl = &m->ring[(unsigned long long)seq % (unsigned long long)m->cap];
-    PyObject *old = sl->s;
-    sl->seq = seq;
-    sl->code = code;
     sl->t = t;
-    sl->f[0] = a; sl->f[1] = b; sl->f[2] = c; sl->f[3] = d;
-    sl->f[4] = e; sl->f[5] = f; sl->f[6] = g;
-    Py_XINCREF(s);
-    sl->s = s;
-    Py_XDECREF(old);          /* a str: its deallocation runs no Python code */
+    sl->f[0] = a; sl->f[1] = b; sl->f[2] = c;
+    sl->f[3] = d; sl->f[4] = e; sl->f[5] = f;
+    sl->str = str;
+    sl->code = code;
+}
+
+/* the string table index of `s` (added if new; -1 with an exception on failure).  Called
+   only for a non-empty string field: an op that failed, or an event from Python. */
+static long
+string_id(CoreObject *m, PyObject *s)
+{
+    if (s == EMPTY_STR)
+        return 0;
+    if (!PyUnicode_Check(s)) {
+        /* the contract says str; a caller's slip still records the op, as its str() */
+        PyObject *text = PyObject_Str(s);
+        if (text == NULL)
+            return -1;
+        long id = PyUnicode_Check(text) ? string_id(m, text) : 0;
+        Py_DECREF(text);
+        return id;
+    }
+    if (PyUnicode_GET_LENGTH(s) == 0)
+        return 0;
+    PyObject *id = PyDict_GetItemWithError(m->string_ids, s);
+    if (id != NULL)
+        return PyLong_AsLong(id);
+    if (PyErr_Occurred())
+        return -1;
+    Py_ssize_t n = PyList_GET_SIZE(m->strings);
+    if (n >= MAX_STRINGS)
+        return 1;             /* STR_OVERFLOW: the table stays bounded */
+    id = PyLong_FromSsize_t(n);
+    if (id == NULL)
+        return -1;
+    int bad = PyList_Append(m->strings, s) < 0 || PyDict_SetItem(m->string_ids, s, id) < 0;
+    Py_DECREF(id);
+    return bad ? -1 : (long)n;
 }
 
 /* hand the pending exception to self._note_error (which counts it); never raises */
@@ -270,9 +351,25 @@ note_error(CoreObject *m)
     Py_XDECREF(tb);
 }
 
+/* an int argument: small exact ints (fds, sizes, kinds -- every call) are read straight off
+   the object; anything else through the full conversion */
 static inline int
 as_ll(PyObject *o, long long *out)
 {
+    if (PyLong_CheckExact(o)) {
+#if PY_VERSION_HEX >= 0x030C0000
+        if (PyUnstable_Long_IsCompact((PyLongObject *)o)) {
+            *out = (long long)PyUnstable_Long_CompactValue((PyLongObject *)o);
+            return 0;
+        }
+#else
+        Py_ssize_t size = Py_SIZE(o);
+        if (size >= -1 && size <= 1) {
+            *out = (long long)size * (long long)((PyLongObject *)o)->ob_digit[0];
+            return 0;
+        }
+#endif
+    }
     long long v = PyLong_AsLongLong(o);
     if (v == -1 && PyErr_Occurred())
         return -1;
@@ -414,22 +511,26 @@ tab_clear(CoreObject *m)
 static int
 core_init(CoreObject *m, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"ring_capacity", NULL};
-    long long cap = 1 << 16;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|L:MonitorCore", kwlist, &cap))
+    static char *kwlist[] = {"ring_capacity", "ring_max", NULL};
+    long long cap = 1 << 16, cap_max = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|LL:MonitorCore", kwlist, &cap, &cap_max))
         return -1;
-    if (cap < 1 || cap > (1LL << 28)) {
+    if (cap_max < cap)
+        cap_max = cap;
+    if (cap < 1 || cap_max > (1LL << 28)) {
         PyErr_SetString(PyExc_ValueError, "ring_capacity must be between 1 and 2**28");
         return -1;
     }
     if (m->ring != NULL)
         return 0;   /* __init__ called twice: keep the ring */
-    m->ring = PyMem_Calloc((size_t)cap, sizeof(Slot));
-    if (m->ring == NULL) {
+    m->ring_mem = PyMem_Calloc((size_t)cap * sizeof(Slot) + 64, 1);
+    if (m->ring_mem == NULL) {
         PyErr_NoMemory();
         return -1;
     }
+    m->ring = (Slot *)(((uintptr_t)m->ring_mem + 63) & ~(uintptr_t)63);
     m->cap = cap;
+    m->cap_max = cap_max;
     m->seq_next = 1;
     m->next_seq = 1;
     return 0;
@@ -442,7 +543,10 @@ core_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     if (m == NULL)
         return NULL;
     m->buffers = PyDict_New();
-    if (m->buffers == NULL || tab_resize(m, TAB_MIN_BITS) < 0) {
+    m->string_ids = PyDict_New();
+    m->strings = Py_BuildValue("[Os]", EMPTY_STR, STR_OVERFLOW);   /* ids 0 and 1 */
+    if (m->buffers == NULL || m->string_ids == NULL || m->strings == NULL
+        || tab_resize(m, TAB_MIN_BITS) < 0) {
         Py_DECREF(m);
         return NULL;
     }
@@ -454,6 +558,8 @@ core_traverse(CoreObject *m, visitproc visit, void *arg)
 {
     /* the op table's records hold no references back (peer is a str) */
     Py_VISIT(m->buffers);
+    Py_VISIT(m->strings);
+    Py_VISIT(m->string_ids);
     return 0;
 }
 
@@ -461,6 +567,8 @@ static int
 core_clear(CoreObject *m)
 {
     Py_CLEAR(m->buffers);
+    Py_CLEAR(m->strings);
+    Py_CLEAR(m->string_ids);
     return 0;
 }
 
@@ -471,12 +579,9 @@ core_dealloc(CoreObject *m)
     PyObject_GC_UnTrack(m);
     core_clear(m);
     tab_clear(m);
-    if (m->ring != NULL) {
-        for (long long i = 0; i < m->cap; i++)
-            Py_XDECREF(m->ring[i].s);
-        PyMem_Free(m->ring);
-        m->ring = NULL;
-    }
+    PyMem_Free(m->ring_mem);
+    m->ring_mem = NULL;
+    m->ring = NULL;
     Py_TYPE(m)->tp_free((PyObject *)m);
 }
 
@@ -499,8 +604,7 @@ core_op_inline(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
         m->bytes_sent += nbytes;
     else if (d == 1)
         m->bytes_received += nbytes;
-    put(m, seq, EV_OP_INLINE, now(), EMPTY_STR, seq, kind, fd, requested, OUTCOME_COMPLETED,
-        nbytes, 0);
+    put(m, seq, EV_OP_INLINE, now(), 0, seq, kind, fd, requested, OUTCOME_COMPLETED, nbytes);
     Py_RETURN_NONE;
 error:
     note_error(m);
@@ -542,10 +646,10 @@ start(CoreObject *m, PyObject *const *args, Py_ssize_t nargs, int pinned)
         goto error;
     }
     m->ops_pended++;
-    put(m, seq, EV_OP_SUBMIT, t, NULL, seq, kind, fd, requested, 0, 0, 0);
+    put(m, seq, EV_OP_SUBMIT, t, 0, seq, kind, fd, requested, 0, 0);
     if (pinned) {
         m->buffers_pinned++;
-        put(m, seq + 1, EV_BUF_PIN, t, NULL, seq + 1, seq, size, 0, 0, 0, 0);
+        put(m, seq + 1, EV_BUF_PIN, t, 0, seq + 1, seq, size, 0, 0, 0);
         m->seq_next = seq + 2;
     }
     else {
@@ -594,7 +698,7 @@ core_op_cancel(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
     r->cancel_t = t;
     m->cancel_requests++;
     long long seq = m->seq_next++;
-    put(m, seq, EV_OP_CANCEL, t, NULL, r->op_id, 0, 0, 0, 0, 0, 0);
+    put(m, seq, EV_OP_CANCEL, t, 0, r->op_id, 0, 0, 0, 0, 0);
     Py_RETURN_NONE;
 error:
     note_error(m);
@@ -648,7 +752,9 @@ core_op_end(CoreObject *m, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
     long long outcome, nbytes = 0, flags = 0;
     if (as_ll(a[1], &outcome) || (a[2] && as_ll(a[2], &nbytes)) || (a[4] && as_ll(a[4], &flags)))
         goto error;
-    PyObject *err = a[3] ? a[3] : EMPTY_STR;
+    long err_id = a[3] ? string_id(m, a[3]) : 0;
+    if (err_id < 0)
+        goto error;
     int keep = 0;
     if (a[5] && (keep = PyObject_IsTrue(a[5])) < 0)
         goto error;
@@ -680,10 +786,10 @@ core_op_end(CoreObject *m, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
             m->bytes_sent += nbytes;
     }
     long long seq = m->seq_next;
-    put(m, seq++, EV_OP_END, t, err, op_id, outcome, nbytes, 0, flags, 0, 0);
+    put(m, seq++, EV_OP_END, t, (unsigned int)err_id, op_id, outcome, nbytes, flags, 0, 0);
     if ((flags & FLAG_DISCARDED) && nbytes) {
         m->bytes_discarded += nbytes;
-        put(m, seq++, EV_DISCARD, t, NULL, op_id, nbytes, 0, 0, 0, 0, 0);
+        put(m, seq++, EV_DISCARD, t, 0, op_id, nbytes, 0, 0, 0, 0);
     }
     m->seq_next = seq;
     if (r->buffer_id) {
@@ -700,7 +806,7 @@ core_op_end(CoreObject *m, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
             long long buf_id = r->buffer_id;
             r->buffer_id = 0;
             seq = m->seq_next++;
-            put(m, seq, EV_BUF_RELEASE, t, NULL, buf_id, 0, 0, 0, 0, 0, 0);
+            put(m, seq, EV_BUF_RELEASE, t, 0, buf_id, 0, 0, 0, 0, 0);
         }
     }
     Py_RETURN_NONE;
@@ -727,8 +833,9 @@ core_delivered(CoreObject *m, PyObject *arg)
 static PyObject *
 core_emit(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
-    long long code, f[MAX_FIELDS] = {0};
-    PyObject *s = NULL;
+    long long code, f[SLOT_INTS] = {0};
+    long str = 0;
+    int k = 0;
     if (nargs < 2 || as_ll(args[0], &code))
         return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_TypeError, "_emit(code, t, *fields)");
     if (code < 1 || code > MAX_CODE || nargs - 2 != NFIELDS[code])
@@ -738,13 +845,15 @@ core_emit(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
     if (t == -1.0 && PyErr_Occurred())
         return NULL;
     for (Py_ssize_t i = 0; i < nargs - 2; i++) {
-        if (i == STRPOS[code])
-            s = args[2 + i];
-        else if (as_ll(args[2 + i], &f[i]))
+        if (i == STRPOS[code]) {
+            if ((str = string_id(m, args[2 + i])) < 0)
+                return NULL;
+        }
+        else if (as_ll(args[2 + i], &f[k++]))
             return NULL;
     }
     long long seq = m->seq_next++;
-    put(m, seq, (int)code, t, s, f[0], f[1], f[2], f[3], f[4], f[5], f[6]);
+    put(m, seq, (int)code, t, (unsigned int)str, f[0], f[1], f[2], f[3], f[4], f[5]);
     return PyLong_FromLongLong(seq);
 }
 
@@ -759,23 +868,24 @@ is_notable(const Slot *sl)
         return 1;
     case EV_OP_INLINE:
         return sl->f[4] != OUTCOME_COMPLETED;
-    case EV_OP_END:
-        return sl->f[1] != OUTCOME_COMPLETED || sl->f[4] != 0;
+    case EV_OP_END:           /* (op_id, outcome, nbytes, flags) + the error string */
+        return sl->f[1] != OUTCOME_COMPLETED || sl->f[3] != 0;
     default:
         return 0;
     }
 }
 
 static PyObject *
-slot_to_tuple(const Slot *sl)
+slot_to_tuple(const Taken *taken, PyObject *strings)
 {
+    const Slot *sl = &taken->s;
     int code = (sl->code >= 1 && sl->code <= MAX_CODE) ? sl->code : 0;
     int nf = NFIELDS[code];
     PyObject *tup = PyTuple_New(3 + nf);
     if (tup == NULL)
         return NULL;
     PyObject *o;
-    if ((o = PyLong_FromLongLong(sl->seq)) == NULL)
+    if ((o = PyLong_FromLongLong(taken->seq)) == NULL)
         goto fail;
     PyTuple_SET_ITEM(tup, 0, o);
     if ((o = PyLong_FromLong(sl->code)) == NULL)
@@ -784,12 +894,13 @@ slot_to_tuple(const Slot *sl)
     if ((o = PyFloat_FromDouble(sl->t)) == NULL)
         goto fail;
     PyTuple_SET_ITEM(tup, 2, o);
-    for (int j = 0; j < nf; j++) {
+    for (int j = 0, k = 0; j < nf; j++) {
         if (j == STRPOS[code]) {
-            o = sl->s ? sl->s : EMPTY_STR;
+            o = sl->str < (unsigned int)PyList_GET_SIZE(strings)
+                ? PyList_GET_ITEM(strings, sl->str) : EMPTY_STR;
             Py_INCREF(o);
         }
-        else if ((o = PyLong_FromLongLong(sl->f[j])) == NULL)
+        else if ((o = PyLong_FromLongLong(sl->f[k++])) == NULL)
             goto fail;
         PyTuple_SET_ITEM(tup, 3 + j, o);
     }
@@ -799,8 +910,30 @@ fail:
     return NULL;
 }
 
+/* Double the ring (up to cap_max), keeping the queued events: the consumer could not keep
+   up with this capacity.  Runs on the consumer's thread with the GIL held and calls no
+   Python code, so the loop thread never sees a half-moved ring.  On failure: keep the old. */
+static void
+ring_grow(CoreObject *m)
+{
+    long long cap = m->cap * 2 < m->cap_max ? m->cap * 2 : m->cap_max;
+    void *mem = PyMem_Calloc((size_t)cap * sizeof(Slot) + 64, 1);
+    if (mem == NULL)
+        return;
+    Slot *ring = (Slot *)(((uintptr_t)mem + 63) & ~(uintptr_t)63);
+    long long first = m->seq_next - m->cap > m->next_seq ? m->seq_next - m->cap : m->next_seq;
+    for (long long seq = first; seq < m->seq_next; seq++)
+        ring[(unsigned long long)seq % (unsigned long long)cap]
+            = m->ring[(unsigned long long)seq % (unsigned long long)m->cap];
+    PyMem_Free(m->ring_mem);
+    m->ring_mem = mem;
+    m->ring = ring;
+    m->cap = cap;
+}
+
 /* A drain takes up to max_items of the queued events, oldest first; events the writer has
-   overwritten since the last drain are counted as dropped first.  Returns how many. */
+   overwritten since the last drain are counted as dropped first (and the ring grows, if it
+   may, so that it happens less).  Returns how many. */
 static long long
 take_count(CoreObject *m, long long max_items)
 {
@@ -809,6 +942,8 @@ take_count(CoreObject *m, long long max_items)
         m->events_dropped += avail - m->cap;
         m->next_seq = m->seq_next - m->cap;
         avail = m->cap;
+        if (m->cap < m->cap_max)
+            ring_grow(m);
     }
     long long n = avail < max_items ? avail : max_items;
     return n > 0 ? n : 0;
@@ -816,21 +951,24 @@ take_count(CoreObject *m, long long max_items)
 
 /* The list of tuples of `kept` copied slots; frees the copies (and their string refs). */
 static PyObject *
-build_list(Slot *copy, long long kept)
+build_list(CoreObject *m, Taken *copy, long long kept)
 {
-    PyObject *out = PyList_New((Py_ssize_t)kept);
+    PyObject *strings = m->strings;     /* held: building may run the GC */
+    PyObject *out = strings ? PyList_New((Py_ssize_t)kept) : NULL;
+    if (strings == NULL && !PyErr_Occurred())
+        PyErr_SetString(PyExc_RuntimeError, "the monitor's string table is gone");
     if (out != NULL) {
+        Py_INCREF(strings);
         for (long long i = 0; i < kept; i++) {
-            PyObject *tup = slot_to_tuple(&copy[i]);
+            PyObject *tup = slot_to_tuple(&copy[i], strings);
             if (tup == NULL) {
                 Py_CLEAR(out);
                 break;
             }
             PyList_SET_ITEM(out, (Py_ssize_t)i, tup);
         }
+        Py_DECREF(strings);
     }
-    for (long long i = 0; i < kept; i++)
-        Py_XDECREF(copy[i].s);
     PyMem_Free(copy);
     return out;
 }
@@ -856,7 +994,7 @@ drain_impl(CoreObject *m, PyObject *const *args, Py_ssize_t nargs, int notable_o
     long long n = take_count(m, max_items);
     if (n == 0)
         return PyList_New(0);
-    Slot *copy = PyMem_Malloc((size_t)n * sizeof(Slot));
+    Taken *copy = PyMem_Malloc((size_t)n * sizeof(Taken));
     if (copy == NULL)
         return PyErr_NoMemory();
     long long first = m->next_seq, kept = 0;
@@ -864,12 +1002,12 @@ drain_impl(CoreObject *m, PyObject *const *args, Py_ssize_t nargs, int notable_o
         const Slot *sl = &m->ring[(unsigned long long)(first + i) % (unsigned long long)m->cap];
         if (notable_only && !is_notable(sl))
             continue;
-        copy[kept] = *sl;
-        Py_XINCREF(copy[kept].s);
+        copy[kept].seq = first + i;
+        copy[kept].s = *sl;
         kept++;
     }
     m->next_seq = first + n;
-    return build_list(copy, kept);
+    return build_list(m, copy, kept);
 }
 
 /* drain_range(start, stop, max_items=2**30) -> (first_seq, tuples): take up to max_items
@@ -893,15 +1031,16 @@ core_drain_range(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
     if (stop > n)
         stop = n;
     long long kept = stop > start ? stop - start : 0;
-    Slot *copy = PyMem_Malloc((size_t)(kept ? kept : 1) * sizeof(Slot));
+    Taken *copy = PyMem_Malloc((size_t)(kept ? kept : 1) * sizeof(Taken));
     if (copy == NULL)
         return PyErr_NoMemory();
     for (long long i = 0; i < kept; i++) {
-        copy[i] = m->ring[(unsigned long long)(first + start + i) % (unsigned long long)m->cap];
-        Py_XINCREF(copy[i].s);
+        long long seq = first + start + i;
+        copy[i].seq = seq;
+        copy[i].s = m->ring[(unsigned long long)seq % (unsigned long long)m->cap];
     }
     m->next_seq = first + n;
-    PyObject *out = build_list(copy, kept);
+    PyObject *out = build_list(m, copy, kept);
     return out == NULL ? NULL : Py_BuildValue("(LN)", first, out);
 }
 
@@ -1023,6 +1162,7 @@ static PyMethodDef core_methods[] = {
 #define CORE_LL(name, field) {name, T_LONGLONG, offsetof(CoreObject, field), 0, NULL}
 static PyMemberDef core_members[] = {
     {"ring_capacity", T_LONGLONG, offsetof(CoreObject, cap), READONLY, NULL},
+    {"ring_max", T_LONGLONG, offsetof(CoreObject, cap_max), READONLY, NULL},
     {"_seq_next", T_LONGLONG, offsetof(CoreObject, seq_next), READONLY, NULL},
     {"_next_seq", T_LONGLONG, offsetof(CoreObject, next_seq), READONLY, NULL},
     {"_fail_op_table", T_LONGLONG, offsetof(CoreObject, fail_op_table), 0, NULL},

@@ -97,10 +97,12 @@ class OpRecord:
 class PyMonitorCore:
     """Counters, the outstanding-op table and the event ring; hot-path methods in Python."""
 
-    def __init__(self, ring_capacity: int = 1 << 16) -> None:
-        if not 1 <= ring_capacity <= 1 << 28:
+    def __init__(self, ring_capacity: int = 1 << 16, ring_max: int = 0) -> None:
+        ring_max = max(ring_max, ring_capacity)
+        if not 1 <= ring_capacity <= ring_max <= 1 << 28:
             raise ValueError("ring_capacity must be between 1 and 2**28")
         self.ring_capacity = ring_capacity
+        self.ring_max = ring_max
         self._ring = deque(maxlen=ring_capacity)
         self._ring_append = self._ring.append
         # the sequence number of the next event; an op's id is the seq of its first event,
@@ -278,6 +280,8 @@ class PyMonitorCore:
             gap = (first - self._next_seq) + (last - first + 1 - len(out))
             if gap > 0:
                 self.events_dropped += gap
+                if self.ring_capacity < self.ring_max:
+                    self._grow_ring()
             self._next_seq = last + 1
         return out
 
@@ -295,6 +299,12 @@ class PyMonitorCore:
         first = ring[0][0] if ring else self._seq_next
         taken = self.drain(max_items)
         return first, taken[max(start, 0):max(stop, 0)]
+
+    def _grow_ring(self) -> None:
+        """Double the ring (up to ``ring_max``): the consumer could not keep up."""
+        self.ring_capacity = min(self.ring_capacity * 2, self.ring_max)
+        self._ring = deque(self._ring, maxlen=self.ring_capacity)
+        self._ring_append = self._ring.append
 
     def events_queued(self) -> int:
         return len(self._ring)

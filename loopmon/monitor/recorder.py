@@ -42,6 +42,7 @@ import os
 import time
 import warnings
 from collections import deque
+from typing import Optional
 
 from . import events as _events
 from .core_py import DIRECTIONS, OpRecord as PyOpRecord, PyMonitorCore
@@ -54,6 +55,9 @@ from .snapshot import BufferInfo, OpInfo, Snapshot
 _monotonic = time.monotonic
 
 _SPEEDUPS_ABI = 2
+
+RING_CAPACITY = 1 << 13   # events the ring starts with: 512 KiB of 64-byte slots in the C core
+RING_MAX = 1 << 16        # ... and may double up to when its consumer falls behind
 
 
 def _load_c_core():
@@ -91,8 +95,14 @@ class BufferRecord:
 class _MonitorCommon:
     """The part of ``Monitor`` shared by both cores.  See the module docstring."""
 
-    def __init__(self, *, ring_capacity: int = 1 << 16, backend: str = "unknown") -> None:
-        super().__init__(ring_capacity=ring_capacity)
+    def __init__(self, *, ring_capacity: Optional[int] = None, ring_max: Optional[int] = None,
+                 backend: str = "unknown") -> None:
+        # A ring that fits in a core's L2 cache next to the program's own working set (see
+        # "The ring" in _speedups.c), doubling up to RING_MAX when a drain finds it overflowed.
+        # An explicit ring_capacity is fixed unless ring_max says otherwise.
+        if ring_capacity is None:
+            ring_capacity, ring_max = RING_CAPACITY, max(ring_max or RING_MAX, RING_CAPACITY)
+        super().__init__(ring_capacity=ring_capacity, ring_max=ring_max or ring_capacity)
         self.backend = backend
         self.created_wall = time.time()
         self.created_t = _monotonic()

@@ -209,6 +209,60 @@ def test_op_table_random_walk_through_growth_and_shrinking(Mon, seed):
 
 
 @pytest.mark.parametrize("Mon", CORES)
+def test_error_names_travel_with_their_events(Mon):
+    mon = Mon()
+    for name in ("BrokenPipeError", "ConnectionResetError", "BrokenPipeError", ""):
+        rec = mon.op_start(ev.KIND_SEND, 4, 10)
+        mon.op_end(rec, ev.OUTCOME_FAILED, 0, name)
+    mon.op_failed_inline(ev.KIND_RECV, 4, 10, TimeoutError("x"))
+    ends = [e for e in mon.drain() if e[1] in (ev.EV_OP_END, ev.EV_OP_INLINE)]
+    assert [e[6] if e[1] == ev.EV_OP_END else e[-1] for e in ends] == [
+        "BrokenPipeError", "ConnectionResetError", "BrokenPipeError", "", "TimeoutError"]
+
+
+@pytest.mark.skipif(recorder.CMonitor is None, reason="the C core is not built")
+def test_c_string_table_stays_bounded():
+    """The C ring stores a string field as an index into a per-monitor table (error type
+    names: few distinct values).  A program inventing endless names cannot grow it."""
+    mon = recorder.CMonitor(ring_capacity=1 << 15)
+    for i in range(5000):
+        rec = mon.op_start(ev.KIND_SEND, 4, 10)
+        mon.op_end(rec, ev.OUTCOME_FAILED, 0, f"Error{i}")
+    names = [e[6] for e in mon.drain() if e[1] == ev.EV_OP_END]
+    assert names[:3] == ["Error0", "Error1", "Error2"]
+    assert len(set(names)) <= 4096
+    assert names[-1].startswith("(more distinct error names")
+    assert mon.instrumentation_errors == 0 and mon.snapshot().ops_outstanding == 0
+
+
+@pytest.mark.parametrize("Mon", CORES)
+def test_ring_doubles_when_a_drain_finds_drops(Mon):
+    """The default ring is small (cache-friendly) and doubles, up to ring_max, each time a
+    drain finds that the writer lapped it; an explicit ring_capacity stays fixed."""
+    mon = Mon()
+    assert (mon.ring_capacity, mon.ring_max) == (recorder.RING_CAPACITY, recorder.RING_MAX)
+    cap = mon.ring_capacity
+    for _ in range(cap + 10):
+        mon.op_inline(ev.KIND_SEND, 3, 1, 1)
+    got = mon.drain()
+    assert len(got) == cap and mon.events_dropped == 10 and mon.ring_capacity == 2 * cap
+    for _ in range(2 * cap):                 # now fits: nothing more is lost
+        mon.op_inline(ev.KIND_SEND, 3, 1, 1)
+    got = mon.drain()
+    assert len(got) == 2 * cap and mon.events_dropped == 10
+    assert [e[0] for e in got] == list(range(got[0][0], got[0][0] + 2 * cap))
+    for _ in range(8):                       # never past ring_max
+        for _ in range(mon.ring_capacity + 1):
+            mon.op_inline(ev.KIND_SEND, 3, 1, 1)
+        mon.drain()
+    assert mon.ring_capacity == recorder.RING_MAX
+    fixed = Mon(ring_capacity=16)
+    for _ in range(40):
+        fixed.op_inline(ev.KIND_SEND, 3, 1, 1)
+    assert len(fixed.drain()) == 16 and fixed.events_dropped == 24 and fixed.ring_capacity == 16
+
+
+@pytest.mark.parametrize("Mon", CORES)
 def test_emit_checks_the_layout(Mon):
     mon = Mon()
     if Mon is recorder.CMonitor:
@@ -229,9 +283,10 @@ _steps = st.lists(st.tuples(st.sampled_from(["inline", "start", "pinned", "cance
 
 @pytest.mark.skipif(recorder.CMonitor is None, reason="the C core is not built")
 @settings(max_examples=150, deadline=None)
-@given(_steps, st.integers(1, 40))
-def test_both_cores_record_the_same_history(steps, capacity):
-    mons = [recorder.PyMonitor(ring_capacity=capacity), recorder.CMonitor(ring_capacity=capacity)]
+@given(_steps, st.integers(1, 40), st.integers(0, 3))
+def test_both_cores_record_the_same_history(steps, capacity, doublings):
+    ring = dict(ring_capacity=capacity, ring_max=capacity << doublings)   # may grow on drops
+    mons = [recorder.PyMonitor(**ring), recorder.CMonitor(**ring)]
     recs: list[list] = [[], []]
     drained: list[list] = [[], []]
     for action, kind, n in steps:
@@ -272,6 +327,7 @@ def test_both_cores_record_the_same_history(steps, capacity):
                   "events_dropped", "cancel_requests", "late_completions",
                   "instrumentation_errors"):
         assert getattr(a, field) == getattr(b, field), field
+    assert mons[0].ring_capacity == mons[1].ring_capacity
 
 
 def test_c_core_constants_match_events():
