@@ -175,9 +175,11 @@ class Collector:
         (every wakeup takes the GIL from the monitored loop).  False, and nothing changes, if
         our own thread already runs, another loop drives us, or we finished."""
         with self._lock:
+            if self.finished:
+                return False
             if self._driver is loop:
                 return True
-            if self._thread is not None or self._driver is not None or self.finished:
+            if self._thread is not None or self._driver is not None:
                 return False
             self._driver = loop
             delay = self._schedule.start(time.monotonic())
@@ -309,6 +311,7 @@ class Collector:
                 return
             self._finish_reason = reason
             self.finished = True
+            self._driver = None
             subs, self._subs = list(self._subs), []
         for sub in subs:
             sub._offer(Goodbye(reason))
