@@ -256,6 +256,7 @@ typedef struct {
     void *ring_mem;
     long long cap;
     long long cap_max;        /* the ring doubles up to this when a drain finds drops */
+    unsigned long long mask;  /* cap - 1 when cap is a power of two (the default), else 0 */
     PyObject *strings;        /* list: the string table (index -> str); [0] is "" */
     PyObject *string_ids;     /* dict: str -> index */
     long long seq_next;       /* sequence number of the next event (ids come from it too) */
@@ -285,13 +286,29 @@ typedef struct {
     long long instrumentation_errors;
 } CoreObject;
 
+/* the slot of event `seq`: a mask for the (default) power-of-two capacities -- a 64-bit
+   division per event is tens of cycles -- and a modulo for any other */
+static inline Slot *
+slot_of(const CoreObject *m, long long seq)
+{
+    unsigned long long i = m->mask ? (unsigned long long)seq & m->mask
+                                   : (unsigned long long)seq % (unsigned long long)m->cap;
+    return &m->ring[i];
+}
+
+static inline unsigned long long
+mask_for(long long cap)
+{
+    return (cap & (cap - 1)) == 0 ? (unsigned long long)cap - 1 : 0;
+}
+
 /* write event `seq`: its int fields in order (the string field skipped: `str` is its index
    in the string table).  Stores only: the old slot is never read. */
 static inline void
 put(CoreObject *m, long long seq, int code, double t, unsigned int str,
     long long a, long long b, long long c, long long d, long long e, long long f)
 {
-    Slot *sl = &m->ring[(unsigned long long)seq % (unsigned long long)m->cap];
+    Slot *sl = slot_of(m, seq);
     sl->t = t;
     sl->f[0] = a; sl->f[1] = b; sl->f[2] = c;
     sl->f[3] = d; sl->f[4] = e; sl->f[5] = f;
@@ -531,6 +548,7 @@ core_init(CoreObject *m, PyObject *args, PyObject *kw)
     m->ring = (Slot *)(((uintptr_t)m->ring_mem + 63) & ~(uintptr_t)63);
     m->cap = cap;
     m->cap_max = cap_max;
+    m->mask = mask_for(cap);
     m->seq_next = 1;
     m->next_seq = 1;
     return 0;
@@ -923,12 +941,12 @@ ring_grow(CoreObject *m)
     Slot *ring = (Slot *)(((uintptr_t)mem + 63) & ~(uintptr_t)63);
     long long first = m->seq_next - m->cap > m->next_seq ? m->seq_next - m->cap : m->next_seq;
     for (long long seq = first; seq < m->seq_next; seq++)
-        ring[(unsigned long long)seq % (unsigned long long)cap]
-            = m->ring[(unsigned long long)seq % (unsigned long long)m->cap];
+        ring[(unsigned long long)seq % (unsigned long long)cap] = *slot_of(m, seq);
     PyMem_Free(m->ring_mem);
     m->ring_mem = mem;
     m->ring = ring;
     m->cap = cap;
+    m->mask = mask_for(cap);
 }
 
 /* A drain takes up to max_items of the queued events, oldest first; events the writer has
@@ -999,7 +1017,7 @@ drain_impl(CoreObject *m, PyObject *const *args, Py_ssize_t nargs, int notable_o
         return PyErr_NoMemory();
     long long first = m->next_seq, kept = 0;
     for (long long i = 0; i < n; i++) {
-        const Slot *sl = &m->ring[(unsigned long long)(first + i) % (unsigned long long)m->cap];
+        const Slot *sl = slot_of(m, first + i);
         if (notable_only && !is_notable(sl))
             continue;
         copy[kept].seq = first + i;
@@ -1037,7 +1055,7 @@ core_drain_range(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
     for (long long i = 0; i < kept; i++) {
         long long seq = first + start + i;
         copy[i].seq = seq;
-        copy[i].s = m->ring[(unsigned long long)seq % (unsigned long long)m->cap];
+        copy[i].s = *slot_of(m, seq);
     }
     m->next_seq = first + n;
     PyObject *out = build_list(m, copy, kept);
