@@ -317,14 +317,14 @@ class Collector:
             sub._offer(Goodbye(reason))
             sub._wake()
 
-    def _ingest(self, now: float) -> None:
+    def _ingest(self, now: float, window: bool = False) -> None:
         """One drain (every ``drain_period``, and in ``tick``), with ``_work_lock`` held:
         ``EventDrain`` picks the cheapest way to serve the detectors and the streams."""
         with self._lock:
             streams = {sub._sampler for sub in self._subs if sub.op_events}
         sched = self._schedule
         queued = sched.queued()
-        self._drain.ingest(now, streams)
+        self._drain.ingest(now, streams, window)
         sched.drained(now, queued, self._drain.last_full)
 
     @property
@@ -339,7 +339,7 @@ class Collector:
 
     def _tick(self, now: float, final: bool) -> None:
         mon = self.monitor
-        self._ingest(now)
+        self._ingest(now, window=True)
         alerts = self._evaluate_detectors(now)
         snap = mon.snapshot()
         if self._figures_due <= now or final:

@@ -167,6 +167,16 @@ class EventSampler:
         i = self._rng.randrange(n - m + 1)
         return i, i + m + min(n - i - m, self._tail(m)), m
 
+    def skip(self, n: int, now: float) -> bool:
+        """A drain of ``n`` events between ticks: True if over the budget -- then none of
+        them is sent (counted as omitted; the tokens carry over to the tick's window) --,
+        False if all fit (sent whole, the usual way)."""
+        self._refill(now)
+        if n <= self.tokens:
+            return False
+        self.omitted_total += n
+        return True
+
     def take_window(self, first_seq: int, part: list, plan: tuple[int, int, int],
                     n: int) -> list:
         """The events sent out of a ranged drain of ``n`` events: ``part`` is what was built

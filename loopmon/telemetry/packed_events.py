@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 from itertools import chain, compress
 from operator import itemgetter
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from ..monitor.events import (EV_BUF_PIN, EV_BUF_RELEASE, EV_DISCARD, EV_OP_CANCEL, EV_OP_END,
                               EV_OP_INLINE, EV_OP_SUBMIT)

@@ -37,7 +37,7 @@ from typing import Any, Optional
 from .messages import (PROTOCOL_MAJOR, PROTOCOL_MINOR, Alert, Dropped, Goodbye, Hello, History,
                        OpEvents, Outstanding, Sample)
 from .packed_events import FORM_GENERIC, FORM_PACKED, decode_packed, encode_packed
-from .values import MAX_DEPTH, ProtocolError, _Reader, decode_value, encode_value  # noqa: F401
+from .values import ProtocolError, _Reader, decode_value, encode_value  # noqa: F401
 
 MAGIC = b"LMON"
 STREAM_HEADER = MAGIC + bytes((PROTOCOL_MAJOR, PROTOCOL_MINOR))

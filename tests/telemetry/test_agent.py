@@ -18,7 +18,7 @@ from loopmon.telemetry import discovery, wire
 from loopmon.telemetry.messages import (Dropped, Goodbye, Hello, History, OpEvents, Outstanding,
                                         Sample)
 
-from telemetry_helpers import child_env, run_async, wait_discovered, wait_until
+from telemetry_helpers import child_env, run_async, wait_discovered
 
 
 async def _collect(target, *, n_samples: int, token=None, timeout: float = 20.0) -> list:

@@ -6,11 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from telemetry_helpers import REPO, WORKLOAD, child_env, wait_discovered, wait_until
+from telemetry_helpers import WORKLOAD, child_env, wait_discovered
 
 PROG = '''\
 import asyncio, sys

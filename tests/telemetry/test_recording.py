@@ -24,7 +24,6 @@ def _record(path, *, duration="1.5", env=None):
 
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory):
-    import os
     import tempfile
     env = child_env(LOOPMON_RUNTIME_DIR=tempfile.mkdtemp(prefix="lmr-"))
     path = tmp_path_factory.mktemp("rec") / "session.lmrec"
