@@ -34,7 +34,10 @@ take events with ``drain()``: a single consumer.  Two
 variants take the same events but build fewer tuples: ``drain_notable()`` only cancels,
 discards, failures and flagged ends; ``drain_range(start, stop)`` only a window (the
 telemetry collector's sampler).  The ring is bounded; when nobody drains it the oldest
-events are overwritten, and the next drain counts them in ``events_dropped``.
+events are overwritten, and the next drain counts them in ``events_dropped``.  It starts small
+(``RING_CAPACITY``: in C, 512 KiB, so that it stays in a core's L2 cache beside the program's
+own data) and doubles, up to ``RING_MAX``, each time a drain finds it was lapped: a consumer
+that cannot keep up loses events once, then gets room.
 """
 from __future__ import annotations
 
