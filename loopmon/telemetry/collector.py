@@ -1,12 +1,14 @@
-"""The collector: one sampling thread per Monitor that drains, detects, samples and fans out.
+"""The collector: one sampler per Monitor that drains, detects, samples and fans out.
 
 Mechanism
 ---------
-The monitored loop only appends tuples to its Monitor's bounded ring and bumps plain ints.
-Everything else happens here, on a daemon thread that never touches the loop: every
+The monitored loop only appends events to its Monitor's bounded ring and bumps plain ints.
+Everything else happens here, off the loop's thread -- on the agent's thread when an agent
+serves the monitor (its asyncio loop drives the collector: ``drive_from``), else on a daemon
+thread of the collector's own (``start``; the embedded widget's case).  Every
 ``sample_period`` (default 50 ms) it
 
-1. drains the ring (single consumer: this thread is the only one) the cheapest way that
+1. drains the ring (single consumer: only the driving thread drains) the cheapest way that
    serves whoever needs the events (``drain.EventDrain``), in an ``EventBatch`` (per-code
    views made once, in C, shared by the consumers below) when a batch is needed at all,
 2. feeds the events to the detectors that want them (``wants_events``, ``observe``) and asks
@@ -19,23 +21,25 @@ Everything else happens here, on a daemon thread that never touches the loop: ev
 5. offers ``Alert``, ``OpEvents``, ``Sample`` and (every ``outstanding_every`` ticks)
    ``Outstanding`` messages to every Subscription -- with no subscriber, nothing is built.
 
-This thread shares the GIL with the monitored loop, so its Python work per event is the
-program's slowdown.  It drains every ``drain_period`` (10 ms), not once per sample, and
-``evaluate``, the Sample and the fan-out happen once per ``sample_period``.  How a drain
-avoids building or touching events nobody needs (with the C monitor core: most drains,
-nothing per event) is ``drain``'s business.
+Whichever thread drives it shares the GIL with the monitored loop, so its Python work, and
+each of its wakeups, is the program's slowdown.  Between ticks it drains only as often as the
+ring needs (``drain.DrainSchedule``: the ring's capacity against the event rate, never more
+often than ``drain_period`` unless the ring fills faster); ``evaluate``, the Sample and the
+fan-out happen once per ``sample_period``.  How a drain avoids building or touching events
+nobody needs (with the C monitor core: most drains, nothing per event) is ``drain``'s
+business.
 
 Each subscriber has an **event budget** (op events/s, default 20 k,
 ``LOOPMON_EVENT_BUDGET``; see ``event_budget``): above it the events are thinned --
-cancels, discards, failures and windows of whole op lifecycles -- and the count left out
-travels in that subscriber's ``Sample.counters["events_omitted"]`` (with ``event_budget``).
-Subscribers with the same budget share the selected ``OpEvents`` messages (encoded once).
+cancels, discards, failures and a window of whole op lifecycles per tick -- and the count
+left out travels in that subscriber's ``Sample.counters["events_omitted"]`` (with
+``event_budget``).  Subscribers with the same budget share the selected ``OpEvents``
+messages (encoded once).
 
-Subscriptions are bounded queues.  A consumer that falls behind does not grow memory: new
-messages are dropped and counted, and once it catches up it first receives a ``Dropped``
-message saying how many it lost.  The first ``poll()`` returns the connect-time backlog --
-``History`` (recent samples and alerts) and ``Outstanding`` -- so a late attach starts with a
-filled graph.
+Subscriptions (``subscription``) are bounded queues: a consumer that falls behind gets drops,
+counted and reported, never unbounded memory.  The first ``poll()`` returns the connect-time
+backlog -- ``History`` (recent samples and alerts) and ``Outstanding`` -- so a late attach
+starts with a filled graph.
 
 History is kept in two tiers so several minutes stay cheap: the last ``recent_seconds`` at
 full rate, and older samples (every ``decimate``-th) up to ``history_seconds``.
@@ -45,8 +49,12 @@ Traps
 * One Collector per Monitor (``for_monitor``): two drainers would split the event stream
   between them.  The registry is weak, so a dead loop's monitor can be collected once its
   collector thread has finished.
-* The thread ends after it has seen ``monitor.closed`` (one final tick first), telling the
+* It finishes after it has seen ``monitor.closed`` (one final tick first), telling the
   subscribers with ``Goodbye``.  Subscribing afterwards still works: backlog, then Goodbye.
+* One driver at a time: ``drive_from`` is refused once the collector's own thread runs (and
+  vice versa); ``stop()`` of a driven collector takes the final tick on the caller's thread
+  (the driving loop may be stopping), ``_work_lock`` keeping the two from draining at once.
+  A driving loop that goes away hands the collector back to a thread (``release_driver``).
 """
 from __future__ import annotations
 
