@@ -126,14 +126,17 @@ class DrainSchedule:
             self._rate = max(rate, self._rate * 0.5)
 
     def delay(self, now: float) -> float:
-        """Seconds from ``now`` to the next drain (the tick's, or an earlier one)."""
-        until_tick = max(0.0, self.next_tick - now)
+        """Seconds from ``now`` to the next drain (the tick's, or an earlier one).  Gaps are
+        counted from the last drain's *start*: the drain itself, and the wait for the GIL
+        before it, must not push every later drain back (the ring fills meanwhile)."""
+        target = self.next_tick
+        last = self._last_drain if self._last_drain is not None else now
         if self._queued is None or self._last_full:
-            return min(until_tick, self.min_period)
-        if self._rate > 0.0:
+            target = min(target, last + self.min_period)
+        elif self._rate > 0.0:
             room = self._capacity() * RING_FILL
-            until_tick = min(until_tick, max(MIN_DRAIN_GAP, room / self._rate))
-        return until_tick
+            target = min(target, last + max(MIN_DRAIN_GAP, room / self._rate))
+        return max(0.0, target - now)
 
     def _capacity(self) -> int:
         """The ring's size now (it may grow: a monitor doubles it after an overflow)."""

@@ -6,6 +6,8 @@ import asyncio
 import threading
 import time
 
+from pytest import approx
+
 from loopmon.monitor import Monitor
 from loopmon.telemetry.collector import Collector
 from loopmon.telemetry.drain import RING_FILL, DrainSchedule
@@ -130,24 +132,27 @@ class _FakeRing:
 def test_schedule_drains_once_per_tick_unless_the_ring_would_fill():
     ring = _FakeRing(1 << 16)
     s = DrainSchedule(0.05, 0.01, ring)
-    assert s.start(100.0) == 0.01                     # rate unknown yet: the short period
+    assert s.start(100.0) == approx(0.01)             # rate unknown yet: the short period
     assert not s.tick_due(100.02) and s.tick_due(100.05)
     # 100 k events/s: 5 k per 50 ms, far below half the ring -> wake only for ticks
     ring.queued = 5000
     s.drained(100.05, s.queued(), full=False)
     s.ticked(100.05)
-    assert abs(s.delay(100.05) - 0.05) < 1e-9
+    assert s.delay(100.05) == approx(0.05)
     # 2 M events/s: half the ring (32 k) fills in ~16 ms -> drain early
     s.drained(100.10, 100_000, full=False)
     s.ticked(100.10)
     d = s.delay(100.10)
-    assert 0.01 <= d < 0.05 and abs(d - (1 << 16) * RING_FILL / 2e6) < 1e-9
+    assert 0.01 <= d < 0.05 and d == approx((1 << 16) * RING_FILL / 2e6)
+    # counted from the drain's start: a drain (or a GIL wait) of 3 ms does not delay the next
+    assert s.delay(100.103) == approx(d - 0.003)
     # the monitor doubled its ring: the room doubles too
     ring.ring_capacity = 1 << 17
     assert s.delay(100.10) > d
     # a full drain (every event built) keeps the short period
     s.drained(100.11, 10, full=True)
-    assert s.delay(100.11) == 0.01
+    assert s.delay(100.11) == approx(0.01)
+    assert s.delay(100.13) == 0.0                     # late already: drain now
 
 
 def test_schedule_without_a_ring_size_keeps_the_short_period():
@@ -157,7 +162,7 @@ def test_schedule_without_a_ring_size_keeps_the_short_period():
     s.start(0.0)
     assert s.queued() == -1
     s.drained(0.01, -1, full=False)
-    assert s.delay(0.01) == 0.01
+    assert s.delay(0.01) == approx(0.01)
     s.ticked(0.05)
     s.ticked(0.2)                                     # fell far behind: no burst of ticks
     assert s.next_tick == 0.25
