@@ -19,6 +19,11 @@
    client that completes the handshake and then never reads; the child's RSS is sampled every
    second.  It should stay flat (the per-client queue and transport buffer are bounded).
 
+Thread CPU comes from ``/proc/PID/task/TID/schedstat`` (nanoseconds; psutil's 10 ms ticks
+were as coarse as the differences measured).  The last rows say how many events a child's
+ring lost (``events_dropped`` in the client's last Sample, worst run): a drain that came too
+late for the ring's size.
+
 Timings on a shared 2-core machine are noisy: read the ratios, not the absolute figures.
 """
 from __future__ import annotations
