@@ -47,7 +47,7 @@ from typing import Any, Optional
 
 from ..monitor.events import (
     KIND_ACCEPT, KIND_CONNECT, KIND_READ_PIPE, KIND_RECV, KIND_RECV_INTO, KIND_RECVFROM,
-    KIND_RECVFROM_INTO, KIND_SEND, KIND_SENDTO, KIND_WRITE_PIPE, OUTCOME_COMPLETED,
+    KIND_RECVFROM_INTO, KIND_SEND, KIND_SENDTO, KIND_WRITE_PIPE,
 )
 from .fdtable import _READ, _WRITE, FdWaiters
 from .selector_ops import _WOULD_BLOCK
@@ -122,7 +122,7 @@ class ReadinessCompletionMixin:
                         st.drained = 0 < n < op._lm_n
                         ready_queue.append(op._lm_cont)
                         if op._lm_rec is not None:
-                            self.monitor.op_end(op._lm_rec, OUTCOME_COMPLETED, n)
+                            self.monitor.op_done(op._lm_rec, n)
                         if readers:
                             self._run_readers(st)
                         continue
@@ -213,7 +213,7 @@ class ReadinessCompletionMixin:
                 self._loop._ready.append(op._lm_cont)
             rec = op._lm_rec
             if rec is not None:
-                self.monitor.op_end(rec, OUTCOME_COMPLETED, nbytes)
+                self.monitor.op_done(rec, nbytes)
 
     def _run_writers(self, st: FdWaiters) -> None:
         q = st.writers
@@ -261,4 +261,4 @@ class ReadinessCompletionMixin:
             op.set_result(res)
             rec = op._lm_rec
             if rec is not None:
-                self.monitor.op_end(rec, OUTCOME_COMPLETED, op._lm_done)
+                self.monitor.op_done(rec, op._lm_done)

@@ -52,7 +52,7 @@ import socket
 from typing import Any, Optional
 
 from ..monitor.events import (
-    FLAG_DISCARDED, KIND_RECV_INTO, OUTCOME_CANCELLED, OUTCOME_FAILED, RECEIVE_KINDS,
+    FLAG_DISCARDED, OUTCOME_CANCELLED, OUTCOME_FAILED, RECEIVE_KINDS,
 )
 from ..transports import _peer_text   # one spelling of an address, as transports note theirs
 from .common import CancelRequestFuture
@@ -173,7 +173,7 @@ class PendingOpsMixin:
         r._lm_backend = self
         mon = self.monitor
         if mon is not None:
-            r._lm_rec = mon.op_start_pinned(KIND_RECV_INTO, st.fd, r._lm_n, r._lm_n)
+            r._lm_rec = mon.op_start_recv(st.fd, r._lm_n)
         st.readers.append(r)
         if not st.mask & _READ:
             self._set_mask(st, st.mask | _READ)

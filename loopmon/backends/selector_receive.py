@@ -120,7 +120,7 @@ class ReceiveSubmitMixin:
                 op._lm_cont = then
                 mon = self.monitor
                 op._lm_rec = (None if mon is None
-                              else mon.op_start_pinned(KIND_RECV_INTO, st.fd, n, n))
+                              else mon.op_start_recv(st.fd, n))
                 st.readers.append(op)
                 return op
             try:

@@ -119,7 +119,7 @@ class StreamReceive:
             self._lm_backend = self._proactor
             mon = self._monitor
             if mon is not None:
-                self._lm_rec = mon.op_start_pinned(KIND_RECV_INTO, st.fd, self._lm_n, self._lm_n)
+                self._lm_rec = mon.op_start_recv(st.fd, self._lm_n)
             st.readers.append(self)
             return
         proactor = self._proactor
@@ -140,7 +140,7 @@ class StreamReceive:
             return
         mon = self._monitor
         if mon is not None:
-            mon.op_inline(KIND_RECV_INTO, sock.fileno(), self._lm_n, n)
+            mon.op_inline(KIND_RECV_INTO, self._lm_fd, self._lm_n, n)
         self.nbytes = n
         proactor._loop._ready.append(self._lm_cont)     # a handle nobody cancels
 

@@ -207,7 +207,7 @@ class CompletionMixin:
             self._loop._add_callback(op._lm_then)
         rec = op._lm_rec
         if rec is not None:
-            self.monitor.op_end(rec, OUTCOME_COMPLETED, nbytes)
+            self.monitor.op_done(rec, nbytes)
 
     @staticmethod
     def _accepted(fd: int) -> tuple:

@@ -67,6 +67,7 @@
 #define EV_BUF_RELEASE 6
 #define EV_DISCARD 7
 #define MAX_CODE 7
+#define KIND_RECV_INTO 1
 #define OUTCOME_COMPLETED 1
 #define OUTCOME_CANCELLED 2
 #define FLAG_CANCEL_REQUESTED 1
@@ -629,18 +630,32 @@ error:
     Py_RETURN_NONE;
 }
 
+#define START_PLAIN 0           /* op_start(kind, fd, requested) */
+#define START_PINNED 1          /* op_start_pinned(kind, fd, requested, size) */
+#define START_RECV 2            /* op_start_recv(fd, size): recv_into a buffer of its size */
+
 static PyObject *
-start(CoreObject *m, PyObject *const *args, Py_ssize_t nargs, int pinned)
+start(CoreObject *m, PyObject *const *args, Py_ssize_t nargs, int form)
 {
     long long kind, fd, requested, size = 0;
-    if (nargs != (pinned ? 4 : 3)) {
-        PyErr_SetString(PyExc_TypeError, pinned ? "op_start_pinned(kind, fd, requested, size)"
-                                                : "op_start(kind, fd, requested)");
+    static const char *usage[] = {"op_start(kind, fd, requested)",
+                                  "op_start_pinned(kind, fd, requested, size)",
+                                  "op_start_recv(fd, size)"};
+    static const Py_ssize_t arity[] = {3, 4, 2};
+    if (nargs != arity[form]) {
+        PyErr_SetString(PyExc_TypeError, usage[form]);
         goto error;
     }
-    if (as_ll(args[0], &kind) || as_ll(args[1], &fd) || as_ll(args[2], &requested)
-        || (pinned && as_ll(args[3], &size)))
+    if (form == START_RECV) {
+        kind = KIND_RECV_INTO;
+        if (as_ll(args[0], &fd) || as_ll(args[1], &size))
+            goto error;
+        requested = size;
+    }
+    else if (as_ll(args[0], &kind) || as_ll(args[1], &fd) || as_ll(args[2], &requested)
+             || (form == START_PINNED && as_ll(args[3], &size)))
         goto error;
+    int pinned = form != START_PLAIN;
     double t = now();
     long long seq = m->seq_next;
     OpRecordObject *r = oprecord_alloc();
@@ -683,14 +698,22 @@ error:
 static PyObject *
 core_op_start(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
-    return start(m, args, nargs, 0);
+    return start(m, args, nargs, START_PLAIN);
 }
 
 /* op_start_pinned(kind, fd, requested, size) -> OpRecord: op_start + buffer_pin(rec, size) */
 static PyObject *
 core_op_start_pinned(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
-    return start(m, args, nargs, 1);
+    return start(m, args, nargs, START_PINNED);
+}
+
+/* op_start_recv(fd, size) -> OpRecord: op_start_pinned(KIND_RECV_INTO, fd, size, size), the
+   pending receive of a stream transport (two arguments fewer to pass on the hottest path) */
+static PyObject *
+core_op_start_recv(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    return start(m, args, nargs, START_RECV);
 }
 
 /* op_cancel(rec): a cancel was requested (the op stays in flight) */
@@ -721,6 +744,64 @@ core_op_cancel(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
 error:
     note_error(m);
     Py_RETURN_NONE;
+}
+
+/* end the pending op `r` (the op table lets go of it); 0, or -1 with an exception set */
+static int
+end_op(CoreObject *m, OpRecordObject *r, long long outcome, long long nbytes, long err_id,
+       long long flags, int keep)
+{
+    long long op_id = r->op_id;
+    long long at = m->tab ? tab_find(m, op_id) : -1;
+    if (at < 0 || m->tab[at] != r)
+        return 0;             /* ended twice, drained at close already, or never started */
+    Py_DECREF(tab_remove_at(m, at));   /* the caller's argument still holds r */
+    double t = now();
+    if (r->cancel_t != 0.0) {
+        flags |= FLAG_CANCEL_REQUESTED;
+        if (outcome == OUTCOME_COMPLETED) {
+            flags |= FLAG_LATE_COMPLETION;
+            m->late_completions++;
+        }
+    }
+    if (outcome == OUTCOME_COMPLETED)
+        m->ended_completed++;
+    else if (outcome == OUTCOME_CANCELLED)
+        m->ops_cancelled++;
+    else
+        m->ended_failed++;
+    if (nbytes) {
+        int d = (r->kind >= 0 && r->kind < N_KINDS) ? DIRECTION[r->kind] : 0;
+        if (d == 1)
+            m->bytes_received += nbytes;
+        else if (d == 2)
+            m->bytes_sent += nbytes;
+    }
+    long long seq = m->seq_next;
+    put(m, seq++, EV_OP_END, t, (unsigned int)err_id, op_id, outcome, nbytes, flags, 0, 0);
+    if ((flags & FLAG_DISCARDED) && nbytes) {
+        m->bytes_discarded += nbytes;
+        put(m, seq++, EV_DISCARD, t, 0, op_id, nbytes, 0, 0, 0, 0);
+    }
+    m->seq_next = seq;
+    if (r->buffer_id) {
+        if (keep) {
+            /* held past the op's end (only a buffer-leak fault asks): Python's _keep_buffer
+               moves it into the buffer table */
+            PyObject *res = PyObject_CallMethod((PyObject *)m, "_keep_buffer", "Od",
+                                                (PyObject *)r, t);
+            if (res == NULL)
+                return -1;
+            Py_DECREF(res);
+        }
+        else {
+            long long buf_id = r->buffer_id;
+            r->buffer_id = 0;
+            seq = m->seq_next++;
+            put(m, seq, EV_BUF_RELEASE, t, 0, buf_id, 0, 0, 0, 0, 0);
+        }
+    }
+    return 0;
 }
 
 /* op_end(rec, outcome, nbytes=0, error="", flags=0, keep_buffer=False) */
@@ -777,56 +858,35 @@ core_op_end(CoreObject *m, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
     if (a[5] && (keep = PyObject_IsTrue(a[5])) < 0)
         goto error;
 
-    long long op_id = r->op_id;
-    long long at = m->tab ? tab_find(m, op_id) : -1;
-    if (at < 0 || m->tab[at] != r)
-        Py_RETURN_NONE;       /* ended twice, drained at close already, or never started */
-    Py_DECREF(tab_remove_at(m, at));   /* the caller's argument still holds r */
-    double t = now();
-    if (r->cancel_t != 0.0) {
-        flags |= FLAG_CANCEL_REQUESTED;
-        if (outcome == OUTCOME_COMPLETED) {
-            flags |= FLAG_LATE_COMPLETION;
-            m->late_completions++;
-        }
+    if (end_op(m, r, outcome, nbytes, err_id, flags, keep) < 0)
+        goto error;
+    Py_RETURN_NONE;
+error:
+    note_error(m);
+    Py_RETURN_NONE;
+}
+
+/* op_done(rec, nbytes): op_end(rec, OUTCOME_COMPLETED, nbytes) -- the common end, with no
+   optional or keyword arguments to sort out */
+static PyObject *
+core_op_done(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    long long nbytes;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "op_done(rec, nbytes)");
+        goto error;
     }
-    if (outcome == OUTCOME_COMPLETED)
-        m->ended_completed++;
-    else if (outcome == OUTCOME_CANCELLED)
-        m->ops_cancelled++;
-    else
-        m->ended_failed++;
-    if (nbytes) {
-        int d = (r->kind >= 0 && r->kind < N_KINDS) ? DIRECTION[r->kind] : 0;
-        if (d == 1)
-            m->bytes_received += nbytes;
-        else if (d == 2)
-            m->bytes_sent += nbytes;
+    PyObject *o = args[0];
+    if (o == Py_None)
+        Py_RETURN_NONE;
+    if (!OpRecord_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "op_done() wants an OpRecord, not %.100s",
+                     Py_TYPE(o)->tp_name);
+        goto error;
     }
-    long long seq = m->seq_next;
-    put(m, seq++, EV_OP_END, t, (unsigned int)err_id, op_id, outcome, nbytes, flags, 0, 0);
-    if ((flags & FLAG_DISCARDED) && nbytes) {
-        m->bytes_discarded += nbytes;
-        put(m, seq++, EV_DISCARD, t, 0, op_id, nbytes, 0, 0, 0, 0);
-    }
-    m->seq_next = seq;
-    if (r->buffer_id) {
-        if (keep) {
-            /* held past the op's end (only a buffer-leak fault asks): Python's _keep_buffer
-               moves it into the buffer table */
-            PyObject *res = PyObject_CallMethod((PyObject *)m, "_keep_buffer", "Od",
-                                                (PyObject *)r, t);
-            if (res == NULL)
-                goto error;
-            Py_DECREF(res);
-        }
-        else {
-            long long buf_id = r->buffer_id;
-            r->buffer_id = 0;
-            seq = m->seq_next++;
-            put(m, seq, EV_BUF_RELEASE, t, 0, buf_id, 0, 0, 0, 0, 0);
-        }
-    }
+    if (as_ll(args[1], &nbytes) || end_op(m, (OpRecordObject *)o, OUTCOME_COMPLETED, nbytes,
+                                          0, 0, 0) < 0)
+        goto error;
     Py_RETURN_NONE;
 error:
     note_error(m);
@@ -1150,6 +1210,10 @@ static PyMethodDef core_methods[] = {
      "op_start(kind, fd, requested) -> OpRecord: an op goes pending."},
     {"op_start_pinned", (PyCFunction)(void (*)(void))core_op_start_pinned, METH_FASTCALL,
      "op_start_pinned(kind, fd, requested, size) -> OpRecord: op_start + buffer_pin."},
+    {"op_start_recv", (PyCFunction)(void (*)(void))core_op_start_recv, METH_FASTCALL,
+     "op_start_recv(fd, size) -> OpRecord: op_start_pinned(KIND_RECV_INTO, fd, size, size)."},
+    {"op_done", (PyCFunction)(void (*)(void))core_op_done, METH_FASTCALL,
+     "op_done(rec, nbytes): op_end(rec, OUTCOME_COMPLETED, nbytes)."},
     {"op_cancel", (PyCFunction)(void (*)(void))core_op_cancel, METH_FASTCALL,
      "op_cancel(rec): a cancel was requested; the op stays in flight."},
     {"op_end", (PyCFunction)(void (*)(void))core_op_end, METH_FASTCALL | METH_KEYWORDS,
@@ -1271,13 +1335,14 @@ PyInit__loopmon_speedups(void)
         || PyModule_AddIntConstant(m, "ABI_VERSION", ABI_VERSION) < 0)
         goto fail;
     PyObject *constants = Py_BuildValue(
-        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
+        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
         "EV_OP_INLINE", EV_OP_INLINE, "EV_OP_SUBMIT", EV_OP_SUBMIT,
         "EV_OP_CANCEL", EV_OP_CANCEL, "EV_OP_END", EV_OP_END, "EV_BUF_PIN", EV_BUF_PIN,
         "EV_BUF_RELEASE", EV_BUF_RELEASE, "EV_DISCARD", EV_DISCARD,
         "OUTCOME_COMPLETED", OUTCOME_COMPLETED, "OUTCOME_CANCELLED", OUTCOME_CANCELLED,
         "FLAG_CANCEL_REQUESTED", FLAG_CANCEL_REQUESTED,
-        "FLAG_LATE_COMPLETION", FLAG_LATE_COMPLETION, "FLAG_DISCARDED", FLAG_DISCARDED);
+        "FLAG_LATE_COMPLETION", FLAG_LATE_COMPLETION, "FLAG_DISCARDED", FLAG_DISCARDED,
+        "KIND_RECV_INTO", KIND_RECV_INTO);
     if (constants == NULL || PyModule_AddObject(m, "CONSTANTS", constants) < 0) {
         Py_XDECREF(constants);
         goto fail;

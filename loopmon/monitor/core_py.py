@@ -31,7 +31,7 @@ from typing import Optional
 
 from .events import (
     EV_BUF_PIN, EV_BUF_RELEASE, EV_DISCARD, EV_OP_CANCEL, EV_OP_END, EV_OP_INLINE,
-    EV_OP_SUBMIT, FLAG_CANCEL_REQUESTED, FLAG_DISCARDED, FLAG_LATE_COMPLETION,
+    EV_OP_SUBMIT, FLAG_CANCEL_REQUESTED, FLAG_DISCARDED, FLAG_LATE_COMPLETION, KIND_RECV_INTO,
     OUTCOME_CANCELLED, OUTCOME_COMPLETED, RECEIVE_KINDS, SEND_KINDS,
 )
 
@@ -191,6 +191,10 @@ class PyMonitorCore:
             self._note_error(exc)
             return None
 
+    def op_start_recv(self, fd: int, size: int) -> Optional[OpRecord]:
+        """``op_start_pinned(KIND_RECV_INTO, fd, size, size)``: a stream's pending receive."""
+        return self.op_start_pinned(KIND_RECV_INTO, fd, size, size)
+
     def op_cancel(self, rec: Optional[OpRecord]) -> None:
         try:
             if rec is None or rec.cancel_t:
@@ -249,6 +253,10 @@ class PyMonitorCore:
                     ring_append((seq, EV_BUF_RELEASE, t, buf_id))
         except Exception as exc:
             self._note_error(exc)
+
+    def op_done(self, rec: Optional[OpRecord], nbytes: int) -> None:
+        """``op_end(rec, OUTCOME_COMPLETED, nbytes)``."""
+        self.op_end(rec, OUTCOME_COMPLETED, nbytes)
 
     def delivered(self, nbytes: int) -> None:
         try:

@@ -263,6 +263,26 @@ def test_ring_doubles_when_a_drain_finds_drops(Mon):
 
 
 @pytest.mark.parametrize("Mon", CORES)
+def test_stream_receive_shorthands_record_what_the_long_forms_do(Mon):
+    """op_start_recv(fd, n) is op_start_pinned(KIND_RECV_INTO, fd, n, n); op_done(rec, n) is
+    op_end(rec, OUTCOME_COMPLETED, n): same events, same counters."""
+    short, long = Mon(), Mon()
+    a = short.op_start_recv(7, 65536)
+    b = long.op_start_pinned(ev.KIND_RECV_INTO, 7, 65536, 65536)
+    short.op_cancel(a)
+    long.op_cancel(b)
+    short.op_done(a, 100)
+    long.op_end(b, ev.OUTCOME_COMPLETED, 100)
+    short.op_done(a, 100)                    # ended twice: ignored by both
+    short.op_done(None, 5)                   # a failed start's None: nothing
+    assert _strip_time(short.drain()) == _strip_time(long.drain())
+    assert short.snapshot().bytes_received == long.snapshot().bytes_received == 100
+    assert short.snapshot().late_completions == 1
+    short.op_done(object(), 1)               # a bad record: swallowed and counted
+    assert short.instrumentation_errors == 1 and short.snapshot().ops_outstanding == 0
+
+
+@pytest.mark.parametrize("Mon", CORES)
 def test_emit_checks_the_layout(Mon):
     mon = Mon()
     if Mon is recorder.CMonitor:
@@ -276,7 +296,8 @@ def test_emit_checks_the_layout(Mon):
 # one step of a random op history: (action, a, b)
 _steps = st.lists(st.tuples(st.sampled_from(["inline", "start", "pinned", "cancel", "end",
                                              "end_keep", "release", "deliver", "drain",
-                                             "drain_notable", "fail_inline", "range"]),
+                                             "drain_notable", "fail_inline", "range",
+                                             "start_recv", "done"]),
                             st.integers(0, 11), st.integers(0, 1 << 20)),
                   max_size=60)
 
@@ -297,6 +318,10 @@ def test_both_cores_record_the_same_history(steps, capacity, doublings):
             elif action in ("start", "pinned"):
                 live.append(mon.op_start(kind, 3, n) if action == "start"
                             else mon.op_start_pinned(kind, 3, n, n))
+            elif action == "start_recv":
+                live.append(mon.op_start_recv(3, n))
+            elif action == "done" and live:
+                mon.op_done(live.pop(n % len(live)), n % 5000)
             elif action == "cancel" and live:
                 mon.op_cancel(live[n % len(live)])
             elif action in ("end", "end_keep") and live:
