@@ -152,10 +152,10 @@ class EventSampler:
         sent_open = self._sent_open
         if not sent_open:
             return False
-        table = getattr(self._monitor, "_outstanding", None)
-        if not isinstance(table, dict):
+        not_in_flight = getattr(self._monitor, "not_in_flight", None)
+        if not_in_flight is None:
             return True
-        return bool(sent_open.difference(table))
+        return bool(not_in_flight(sent_open))
 
     def plan(self, n: int, now: float) -> Optional[tuple[int, int, int]]:
         """Where the window goes among the ``n`` queued events: ``(start, stop, room)``
@@ -256,10 +256,11 @@ class EventSampler:
     def _ends_of_open(self, batch: EventBatch) -> list:
         """2. the ends of ops sent earlier and still open (in flight when the sampler
         started, or cancelled).  Which of them ended is read off the monitor's in-flight
-        table (one C-level set difference); the batch is searched only when one did."""
+        table (``Monitor.not_in_flight``: one table lookup per id, in C); the batch is searched
+        only when one did."""
         sent_open = self._sent_open
-        table = getattr(self._monitor, "_outstanding", None)
-        ended = sent_open.difference(table) if isinstance(table, dict) else set(sent_open)
+        not_in_flight = getattr(self._monitor, "not_in_flight", None)
+        ended = not_in_flight(sent_open) if not_in_flight is not None else set(sent_open)
         if not ended:
             return []
         ends = batch.group(EV_OP_END)
