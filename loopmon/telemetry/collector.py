@@ -48,7 +48,7 @@ Traps
 -----
 * One Collector per Monitor (``for_monitor``): two drainers would split the event stream
   between them.  The registry is weak, so a dead loop's monitor can be collected once its
-  collector thread has finished.
+  collector has finished (its thread, or the driving loop's timer, holds it until then).
 * It finishes after it has seen ``monitor.closed`` (one final tick first), telling the
   subscribers with ``Goodbye``.  Subscribing afterwards still works: backlog, then Goodbye.
 * One driver at a time: ``drive_from`` is refused once the collector's own thread runs (and
@@ -326,7 +326,7 @@ class Collector:
             sub._wake()
 
     def _ingest(self, now: float, window: bool = False) -> None:
-        """One drain (every ``drain_period``, and in ``tick``), with ``_work_lock`` held:
+        """One drain (when the schedule says, and in ``tick``), with ``_work_lock`` held:
         ``EventDrain`` picks the cheapest way to serve the detectors and the streams."""
         with self._lock:
             streams = {sub._sampler for sub in self._subs if sub.op_events}

@@ -2,8 +2,8 @@
 
 Why it matters
 --------------
-The collector's thread shares the GIL with the monitored loop, and a busy echo server
-records ~350 k events/s (ten per round trip).  With the C monitor core an event is a slot in
+The thread that drives the collector (the agent's, or the collector's own) shares the GIL
+with the monitored loop, and a busy echo server records ~350 k events/s (ten per round trip).  With the C monitor core an event is a slot in
 a C ring until ``drain()`` builds its tuple -- on the collector's thread: building and later
 freeing it cost ~190 ns per event there (in-process echo, ~1.9 us per round trip; reading a
 slot is a cache miss, the loop thread wrote it from another core).  Any Python pass per event

@@ -48,7 +48,8 @@ class Subscription:
         self._wakeup: Optional[Callable[[], None]] = None
 
     def set_wakeup(self, callback: Optional[Callable[[], None]]) -> None:
-        """``callback()`` runs on the collector thread after each tick that queued messages."""
+        """``callback()`` runs on the collector's driving thread after each tick that queued
+        messages (its own thread, or the agent's: see the module docstring)."""
         self._wakeup = callback
 
     def poll(self, max_items: int = 1 << 30) -> list[Any]:
