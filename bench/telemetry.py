@@ -200,8 +200,10 @@ def _echo_once(script: str, variant: str, rounds: int, runtime_dir: str,
         cmd = [sys.executable, "-m", "loopmon", "run", script, str(N_CONNS), str(PAYLOAD),
                str(rounds), "policy", str(warm)]
     extra = {"LOOPMON_EVENT_BUDGET": "0"} if variant == UNLIMITED else {}
+    # cwd: "python -m loopmon" puts the working directory first on sys.path, so the child
+    # would import the loopmon of wherever the benchmark was started from, not REPO's
     p = subprocess.Popen(cmd, env=_env(runtime_dir, **extra), stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, text=True, cwd=str(REPO))
     try:
         assert p.stdout.readline().strip() == "ready"
         streamer = None
@@ -289,7 +291,7 @@ def bench_rss(seconds: float) -> list[tuple[float, float]]:
     workload = REPO / "tests" / "telemetry" / "workload.py"
     p = subprocess.Popen([sys.executable, "-m", "loopmon", "run", str(workload), "--fast",
                           "--duration", str(seconds + 5)], env=_env(runtime_dir),
-                         stdout=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, text=True, cwd=str(REPO))
     try:
         assert p.stdout.readline().strip() == "ready"
         while (entry := discovery.find(p.pid)) is None:

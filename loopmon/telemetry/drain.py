@@ -45,16 +45,20 @@ would pass ``RING_FILL`` of its capacity before the next tick.  With a 64 Ki-slo
 that is above ~650 k events/s at the default 50 ms: an echo benchmark (~420 k events/s) is
 drained once per tick, where a fixed 10 ms period woke five times as often.  With 8 Ki slots
 (the C core's starting size, to fit a core's L2 cache) that rate needs the short period
-again, and once per tick suffices below ~80 k events/s.  The capacity is read at every
-decision: a monitor doubles its ring after an overflow.  Two cases
-keep the short period (``min_period``): a monitor that cannot say how much is queued, and a
-drain that built every event (``EventDrain.last_full``: an unlimited subscriber, a detector
-that observes everything, a notable drain) -- one long drain would hold the GIL, in one C
-call, for the whole tick's worth of tuples.  The estimate halves at most per drain, so a
-burst after a quiet spell is caught by the next drain; what still overflows is counted by
-the monitor (``events_dropped``).  A ring filling faster than ``min_period`` allows is drained
-sooner, down to ``MIN_DRAIN_GAP``: the 8 Ki ring holds only ~19 ms at ~420 k events/s, and a
-telemetry thread descheduled for that long on a loaded machine loses events.
+again.  The capacity is read at every decision: a monitor doubles its ring after an
+overflow.
+
+The rate is never assumed below ``BURST_RATE``: an idle program can start a burst at full
+speed right after a drain, and a rate measured while it was idle would let the ring
+overflow before the next one (measured: the echo benchmark's first burst lost 3-10 k events
+to an 8 Ki ring drained once per tick).  So the long gap pays off only for a ring of more
+than ~40 k slots; an 8 Ki ring is drained every ~10 ms, busy or idle.  A ring filling faster
+than that is drained sooner, down to ``MIN_DRAIN_GAP``.  Two cases keep the short period
+(``min_period``): a monitor that cannot say how much is queued, and a drain that built every
+event (``EventDrain.last_full``: an unlimited subscriber, a detector that observes
+everything, a notable drain) -- one long drain would hold the GIL, in one C call, for the
+whole tick's worth of tuples.  What still overflows is counted by the monitor
+(``events_dropped``).
 
 Traps: the decision for the first two paths is taken *before* the drain, from counters read
 just before it.  A notable event recorded between that read and the drain (the loop thread
@@ -74,6 +78,7 @@ from .event_budget import EventSampler
 RING_FILL = 0.5            # drain early when the ring would pass this share of its capacity
 TICK_EARLY = 0.001         # a timer that fires this close to a tick takes the tick
 MIN_DRAIN_GAP = 0.002      # however fast the ring fills, drains are at least this far apart
+BURST_RATE = 400_000       # events/s a program may start recording at any moment (echo: ~420 k)
 
 
 class DrainSchedule:
@@ -133,9 +138,9 @@ class DrainSchedule:
         last = self._last_drain if self._last_drain is not None else now
         if self._queued is None or self._last_full:
             target = min(target, last + self.min_period)
-        elif self._rate > 0.0:
+        else:   # a quiet program may burst at any moment: assume at least BURST_RATE
             room = self._capacity() * RING_FILL
-            target = min(target, last + max(MIN_DRAIN_GAP, room / self._rate))
+            target = min(target, last + max(MIN_DRAIN_GAP, room / max(self._rate, BURST_RATE)))
         return max(0.0, target - now)
 
     def _capacity(self) -> int:
