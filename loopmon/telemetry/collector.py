@@ -12,9 +12,9 @@ thread of the collector's own (``start``; the embedded widget's case).  Every
    serves whoever needs the events (``drain.EventDrain``), in an ``EventBatch`` (per-code
    views made once, in C, shared by the consumers below) when a batch is needed at all,
 2. feeds the events to the detectors that want them (``wants_events``, ``observe``) and asks
-   every detector for alerts (``evaluate``);
-   the detectors package is imported lazily and may be absent or broken -- its errors are
-   counted (``detector_errors``) and never stop sampling,
+   every detector for alerts (``evaluate``); the detectors package is imported lazily
+   (``detector_host``) and may be absent or broken -- its errors are counted
+   (``detector_errors``) and never stop sampling,
 3. takes ``monitor.snapshot()`` plus process figures (RSS, CPU %, threads, fds; read every
    ``PROCESS_FIGURES_EVERY``, repeated in the Samples between; see ``process_figures``),
 4. appends the Sample to a bounded history, and
@@ -69,6 +69,7 @@ from collections import deque
 from typing import Any, Optional
 
 from ..monitor import Monitor
+from .detector_host import DetectorHost
 from .drain import DrainSchedule, EventDrain
 from .event_budget import EventSampler, budget_from_env, effective_budget
 from .process_figures import ProcessFigures
@@ -141,13 +142,10 @@ class Collector:
         self._decimate = max(1, decimate)
         self._aged = 0                       # samples that fell off the recent tier
         self._outstanding_ticks = max(1, round(outstanding_every / sample_period))
-        self._detectors = detectors          # None: load loopmon.detectors lazily
-        self._detectors_loaded = detectors is not None
-        self.detector_errors = 0
-        self.last_detector_error = ""
+        self._detectors = DetectorHost(monitor, detectors)   # None: loopmon.detectors, lazily
         self.ticks = 0
         self.tick_errors = 0
-        self._drain = EventDrain(monitor, self._observers, self._note_detector_error)
+        self._drain = EventDrain(monitor, self._detectors.observers, self._detectors.note_error)
         self._subs: list[Subscription] = []
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
@@ -266,6 +264,15 @@ class Collector:
         return alerts[-limit:]
 
     @property
+    def detector_errors(self) -> int:
+        """Errors the detectors raised (counted, logged thrice, never raised into sampling)."""
+        return self._detectors.errors
+
+    @property
+    def last_detector_error(self) -> str:
+        return self._detectors.last_error
+
+    @property
     def subscriber_count(self) -> int:
         return len(self._subs)
 
@@ -348,7 +355,7 @@ class Collector:
     def _tick(self, now: float, final: bool) -> None:
         mon = self.monitor
         self._ingest(now, window=True)
-        alerts = self._evaluate_detectors(now)
+        alerts = self._detectors.evaluate(now)
         snap = mon.snapshot()
         if self._figures_due <= now or final:
             # every PROCESS_FIGURES_EVERY, not every tick (see process_figures: GIL hand-offs)
@@ -416,56 +423,3 @@ class Collector:
             return Outstanding(t=time.monotonic(), ops=[_fields(op) for op in ops])
         except Exception:
             return Outstanding(t=time.monotonic(), ops=[])
-
-    def _observers(self, notable: bool) -> list:
-        """The detectors whose ``observe`` needs this drain's events.
-
-        A detector may say, from the monitor's counters, that it does not
-        (``wants_events(monitor, notable)``; ``notable``: the drain may hold a cancel, a
-        discard, a failure ...): then no batch is built for it.  One without the method
-        observes every drain."""
-        self._load_detectors()
-        out = []
-        for det in self._detectors or ():
-            wants = getattr(det, "wants_events", None)
-            try:
-                if wants is None or wants(self.monitor, notable):
-                    out.append(det)
-            except Exception as exc:
-                self._note_detector_error(exc)
-                out.append(det)
-        return out
-
-    def _load_detectors(self) -> None:
-        if not self._detectors_loaded:
-            self._detectors_loaded = True
-            try:
-                from .. import detectors as detectors_pkg   # lazily: optional, may be absent
-                self._detectors = list(detectors_pkg.default_detectors())
-            except ImportError:
-                self._detectors = []
-            except Exception as exc:
-                self._note_detector_error(exc)
-                self._detectors = []
-
-    def _evaluate_detectors(self, now: float) -> list[Alert]:
-        self._load_detectors()
-        alerts: list[Alert] = []
-        for det in self._detectors or ():
-            try:
-                for alert in det.evaluate(self.monitor, now) or ():
-                    if isinstance(alert, Alert):
-                        alerts.append(alert)
-                    else:
-                        raise TypeError(f"detector returned {type(alert).__name__}, not Alert")
-            except Exception as exc:
-                self._note_detector_error(exc)
-        for alert in alerts:
-            self.monitor.alerts.append(alert)
-        return alerts
-
-    def _note_detector_error(self, exc: BaseException) -> None:
-        self.detector_errors += 1
-        self.last_detector_error = f"{type(exc).__name__}: {exc}"[:500]
-        if self.detector_errors <= 3:
-            log.warning("loopmon detector error: %s", self.last_detector_error)
