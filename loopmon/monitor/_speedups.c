@@ -56,7 +56,7 @@
 #include <structmember.h>
 #include <time.h>
 
-#define ABI_VERSION 2
+#define ABI_VERSION 3
 
 /* must match loopmon/monitor/events.py: checked at import (recorder.py) and by the tests */
 #define EV_OP_INLINE 1
@@ -405,7 +405,8 @@ as_ll(PyObject *o, long long *out)
  * ops in flight.  The table holds a reference to each record.
  *
  * Readers on other threads (snapshot, outstanding) walk it in one C call, under the GIL,
- * through records(): nothing here runs Python code while the table is inconsistent.
+ * through _outstanding_records(): nothing here runs Python code while the table is
+ * inconsistent.
  */
 #define TAB_MIN_BITS 6
 
@@ -513,7 +514,7 @@ tab_remove_at(CoreObject *m, long long i)
     return gone;
 }
 
-/* drop every record (close, GC clear, dealloc) */
+/* drop every record (dealloc) */
 static void
 tab_clear(CoreObject *m)
 {
@@ -524,6 +525,15 @@ tab_clear(CoreObject *m)
     for (long long i = 0; i < cap; i++)
         Py_XDECREF(tab[i]);
     PyMem_Free(tab);
+}
+
+/* a zeroed ring of `cap` slots, cache-line aligned inside the block stored in *mem (the
+   block to free); NULL (no exception set) when out of memory */
+static Slot *
+ring_alloc(long long cap, void **mem)
+{
+    *mem = PyMem_Calloc((size_t)cap * sizeof(Slot) + 64, 1);
+    return *mem ? (Slot *)(((uintptr_t)*mem + 63) & ~(uintptr_t)63) : NULL;
 }
 
 static int
@@ -541,12 +551,11 @@ core_init(CoreObject *m, PyObject *args, PyObject *kw)
     }
     if (m->ring != NULL)
         return 0;   /* __init__ called twice: keep the ring */
-    m->ring_mem = PyMem_Calloc((size_t)cap * sizeof(Slot) + 64, 1);
-    if (m->ring_mem == NULL) {
+    m->ring = ring_alloc(cap, &m->ring_mem);
+    if (m->ring == NULL) {
         PyErr_NoMemory();
         return -1;
     }
-    m->ring = (Slot *)(((uintptr_t)m->ring_mem + 63) & ~(uintptr_t)63);
     m->cap = cap;
     m->cap_max = cap_max;
     m->mask = mask_for(cap);
@@ -995,10 +1004,10 @@ static void
 ring_grow(CoreObject *m)
 {
     long long cap = m->cap * 2 < m->cap_max ? m->cap * 2 : m->cap_max;
-    void *mem = PyMem_Calloc((size_t)cap * sizeof(Slot) + 64, 1);
-    if (mem == NULL)
+    void *mem;
+    Slot *ring = ring_alloc(cap, &mem);
+    if (ring == NULL)
         return;
-    Slot *ring = (Slot *)(((uintptr_t)mem + 63) & ~(uintptr_t)63);
     long long first = m->seq_next - m->cap > m->next_seq ? m->seq_next - m->cap : m->next_seq;
     for (long long seq = first; seq < m->seq_next; seq++)
         ring[(unsigned long long)seq % (unsigned long long)cap] = *slot_of(m, seq);
@@ -1027,7 +1036,7 @@ take_count(CoreObject *m, long long max_items)
     return n > 0 ? n : 0;
 }
 
-/* The list of tuples of `kept` copied slots; frees the copies (and their string refs). */
+/* The list of tuples of `kept` copied slots; frees the copies. */
 static PyObject *
 build_list(CoreObject *m, Taken *copy, long long kept)
 {
@@ -1059,8 +1068,8 @@ parse_max_items(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t at, long lon
 }
 
 /* take up to max_items queued events and build the tuples of all of them, or of the notable
-   ones only; single consumer (see the header).  The slots are copied first (strings
-   increfed): building objects may let the loop thread in, and it may overwrite them. */
+   ones only; single consumer (see the header).  The slots are copied first: building
+   objects may let the loop thread in, and it may overwrite them. */
 static PyObject *
 drain_impl(CoreObject *m, PyObject *const *args, Py_ssize_t nargs, int notable_only)
 {
@@ -1172,9 +1181,9 @@ core_is_outstanding(CoreObject *m, PyObject *rec)
     return PyBool_FromLong(at >= 0 && m->tab[at] == (OpRecordObject *)rec);
 }
 
-/* _ended_of(op_ids) -> set of those ids that are not in flight (ended, or never were) */
+/* not_in_flight(op_ids) -> set of those ids that are not in flight (ended, or never were) */
 static PyObject *
-core_ended_of(CoreObject *m, PyObject *ids)
+core_not_in_flight(CoreObject *m, PyObject *ids)
 {
     PyObject *out = PySet_New(NULL);
     PyObject *it = out ? PyObject_GetIter(ids) : NULL;
@@ -1236,8 +1245,9 @@ static PyMethodDef core_methods[] = {
      "_outstanding_records() -> list of the OpRecords in flight (any order)."},
     {"_is_outstanding", (PyCFunction)core_is_outstanding, METH_O,
      "_is_outstanding(rec) -> is this very record in flight?"},
-    {"_ended_of", (PyCFunction)core_ended_of, METH_O,
-     "_ended_of(op_ids) -> set of the given op ids that are not in flight."},
+    {"not_in_flight", (PyCFunction)core_not_in_flight, METH_O,
+     "not_in_flight(op_ids) -> set of the given op ids that are not in flight (ended, or "
+     "never started): one table lookup per id."},
     {NULL}
 };
 

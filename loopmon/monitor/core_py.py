@@ -324,7 +324,8 @@ class PyMonitorCore:
     def _is_outstanding(self, rec: OpRecord) -> bool:
         return self._outstanding.get(rec.op_id) is rec
 
-    def _ended_of(self, op_ids) -> set:
+    def not_in_flight(self, op_ids) -> set:
+        """Those of ``op_ids`` that are not in flight now (ended, or never started)."""
         return set(op_ids).difference(self._outstanding)
 
     def _inserts_fail(self) -> None:

@@ -58,7 +58,7 @@ from .snapshot import BufferInfo, OpInfo, Snapshot
 
 _monotonic = time.monotonic
 
-_SPEEDUPS_ABI = 2
+_SPEEDUPS_ABI = 3
 
 RING_CAPACITY = 1 << 13   # events the ring starts with: 512 KiB of 64-byte slots in the C core
 RING_MAX = 1 << 16        # ... and may double up to when its consumer falls behind
@@ -281,11 +281,6 @@ class _MonitorCommon:
             instrumentation_errors=self.instrumentation_errors,
             last_instrumentation_error=self.last_instrumentation_error,
         )
-
-    def not_in_flight(self, op_ids) -> set:
-        """Those of ``op_ids`` that are not in flight now (ended, or never started): one
-        lookup per id in the op table, in C, however many ops are in flight."""
-        return self._ended_of(op_ids)
 
     def outstanding(self) -> list[OpInfo]:
         """In-flight ops, oldest first, with their ages in seconds."""
