@@ -8,4 +8,5 @@ its pure-Python core (``loopmon.monitor.core_py``), slower but identical in beha
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("_loopmon_speedups", ["loopmon/monitor/_speedups.c"],
+                             depends=["loopmon/monitor/_drain_window.h"],
                              optional=True)])

@@ -1212,6 +1212,10 @@ core_not_in_flight(CoreObject *m, PyObject *ids)
     return out;
 }
 
+/* The telemetry sampler's window taken straight from the ring slots (select and pack in
+   C): its own file, for its own concern; it sees this file's definitions. */
+#include "_drain_window.h"
+
 static PyMethodDef core_methods[] = {
     {"op_inline", (PyCFunction)(void (*)(void))core_op_inline, METH_FASTCALL,
      "op_inline(kind, fd, requested, nbytes): an op completed inside its submission call."},
@@ -1248,6 +1252,7 @@ static PyMethodDef core_methods[] = {
     {"not_in_flight", (PyCFunction)core_not_in_flight, METH_O,
      "not_in_flight(op_ids) -> set of the given op ids that are not in flight (ended, or "
      "never started): one table lookup per id."},
+    DRAIN_WINDOW_METHODS
     {NULL}
 };
 
