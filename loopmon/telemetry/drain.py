@@ -69,10 +69,13 @@ see every drain, whichever path took it (``after_drain``).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 from .event_batch import EventBatch, NotableGate
 from .event_budget import EventSampler
+from .packed_events import PackedEvents
+from .wire import OP_EVENTS_PER_FRAME
 
 
 RING_FILL = 0.5            # drain early when the ring would pass this share of its capacity
@@ -160,11 +163,11 @@ class EventDrain:
         self._observers = observers          # notable -> the detectors that want the events
         self._note_error = note_error
         self._gate = NotableGate(monitor)
-        self.pending: dict[Optional[EventSampler], list] = {}   # selected since the last take
+        self.pending: dict[Optional[EventSampler], Sequence] = {}   # selected since the last take
         self.events_forwarded = 0            # events drained while somebody streamed
         self.last_full = True                # the last drain built every event (``drain()``)
 
-    def take_pending(self) -> dict[Optional[EventSampler], list]:
+    def take_pending(self) -> dict[Optional[EventSampler], Sequence]:
         pending, self.pending = self.pending, {}
         return pending
 
@@ -231,15 +234,30 @@ class EventDrain:
         plan = sampler.plan(n, now)
         if plan is None:
             return False             # everything fits: drained and sent whole
-        first_seq, part = drain_range(plan[0], plan[1], n)
-        self._gate.after_drain()
-        self._add(sampler, sampler.take_window(first_seq, part, plan, n))
+        drain_window = getattr(mon, "drain_window", None)
+        if drain_window is not None and plan[1] - plan[0] <= OP_EVENTS_PER_FRAME:
+            # selected and packed in C, straight from the ring: no event tuple at all
+            _, selected, payload, span = drain_window(plan[0], plan[1], n, plan[2])
+            self._gate.after_drain()
+            sampler.took_window(selected, span, n)
+            if payload is not None:
+                self._add(sampler, PackedEvents(payload, selected))
+        else:
+            first_seq, part = drain_range(plan[0], plan[1], n)
+            self._gate.after_drain()
+            self._add(sampler, sampler.take_window(first_seq, part, plan, n))
         self.events_forwarded += n
         return True
 
-    def _add(self, sampler: Optional[EventSampler], selected: list) -> None:
+    def _add(self, sampler: Optional[EventSampler], selected: Sequence) -> None:
+        """Queue a stream's selection: a list of tuples, or a window the C core packed
+        (``PackedEvents``, kept packed when it is all this tick has for the stream)."""
         if selected:
             got = self.pending.get(sampler)
             if got is None:
-                self.pending[sampler] = got = []
+                self.pending[sampler] = selected if type(selected) is PackedEvents else \
+                    list(selected)
+                return
+            if type(got) is PackedEvents:      # more after a packed window: rare, as tuples
+                self.pending[sampler] = got = list(got)
             got += selected

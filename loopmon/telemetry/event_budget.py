@@ -185,10 +185,22 @@ class EventSampler:
         out = self._lifecycles(EventBatch(part, notable=False), first_seq + start + m) if part \
             else []
         out.sort(key=_seq_of)
-        self.tokens = max(-self.capacity, self.tokens - len(out))
-        self.sent_total += len(out)
-        self.omitted_total += n - len(out)
+        self._account(len(out), n)
         return out
+
+    def took_window(self, selected: int, span: Optional[int], n: int) -> None:
+        """The C core selected (and packed) the window itself (``drain_window``, same
+        selection as ``take_window``): ``selected`` events sent out of a ranged drain of
+        ``n``; ``span`` the longest end seq - op id among the ops it closed (None: none)."""
+        if self._learning and span is not None:
+            self._span = span
+            self._learning = False
+        self._account(selected, n)
+
+    def _account(self, sent: int, n: int) -> None:
+        self.tokens = max(-self.capacity, self.tokens - sent)
+        self.sent_total += sent
+        self.omitted_total += n - sent
 
     # ------------------------------------------------------------------ internals
     def _refill(self, now: float) -> None:

@@ -13,6 +13,13 @@ A batch whose tuples do not fit the known layouts (a newer event code, a wrong w
 int beyond 64 bits, a non-str error) makes ``encode_packed`` return None and the caller falls
 back to the generic tagged encoding -- the packed form is an optimisation, never a limit.
 
+An OpEvents may also carry a payload already packed (``PackedEvents``): the C core's
+``drain_window`` selects the event budget's window straight from the ring and writes these
+bytes itself (``loopmon/monitor/_drain_window.h``), so no event tuple is built on the
+monitored program's side.  The wire encoder sends such a payload as it is; an in-process
+reader (the embedded widget, tests) gets the tuples on first use -- ``PackedEvents`` is a
+sequence that decodes itself once, lazily.
+
 Traps: columns are explicitly little-endian (``struct`` "<"), whatever the host; the code
 bytes and the column lengths come from the peer, so every ``take`` is bounds-checked, and an
 unknown code or an out-of-range string index is a ``ProtocolError``.  Layouts change only with the protocol
@@ -23,7 +30,8 @@ from __future__ import annotations
 import struct
 from itertools import chain, compress
 from operator import itemgetter
-from typing import Callable, Optional
+from collections.abc import Sequence
+from typing import Any, Callable, Optional
 
 from ..monitor.events import (EV_BUF_PIN, EV_BUF_RELEASE, EV_DISCARD, EV_OP_CANCEL, EV_OP_END,
                               EV_OP_INLINE, EV_OP_SUBMIT)
@@ -161,3 +169,49 @@ def decode_packed(r: _Reader) -> list[tuple]:
         return groups[present[0]]
     nexts: dict[int, Callable[[], tuple]] = {c: iter(g).__next__ for c, g in groups.items()}
     return [nexts[c]() for c in codes]
+
+
+class PackedEvents(Sequence):
+    """The events of a FORM_PACKED payload (form byte first), decoded on first use.
+
+    ``payload`` goes on the wire as it is; ``len()`` is the count given with it (no decoding);
+    indexing, iteration and comparison decode the payload once and read the tuples.  What
+    ``OpEvents.events`` holds when the C core packed the window (see the module docstring)."""
+
+    __slots__ = ("payload", "_n", "_events")
+
+    def __init__(self, payload: bytes, n: int) -> None:
+        self.payload = payload
+        self._n = int(n)
+        self._events: Optional[list[tuple]] = None
+
+    def decoded(self) -> list[tuple]:
+        """The event tuples (decoded once; do not mutate)."""
+        events = self._events
+        if events is None:
+            r = _Reader(memoryview(self.payload))
+            if r.take(1)[0] != FORM_PACKED:
+                raise ProtocolError("PackedEvents payload is not in the packed form")
+            events = self._events = decode_packed(r)
+        return events
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.decoded()[index]
+
+    def __iter__(self) -> Any:
+        return iter(self.decoded())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PackedEvents):
+            other = other.decoded()
+        elif not isinstance(other, (list, tuple)):
+            return NotImplemented
+        return self.decoded() == list(other)
+
+    __hash__ = None     # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"PackedEvents({self._n} events, {len(self.payload)} bytes)"

@@ -36,7 +36,8 @@ from typing import Any, Optional
 
 from .messages import (PROTOCOL_MAJOR, PROTOCOL_MINOR, Alert, Dropped, Goodbye, Hello, History,
                        OpEvents, Outstanding, Sample)
-from .packed_events import FORM_GENERIC, FORM_PACKED, decode_packed, encode_packed
+from .packed_events import (FORM_GENERIC, FORM_PACKED, PackedEvents, decode_packed,
+                            encode_packed)
 from .values import ProtocolError, _Reader, decode_value, encode_value  # noqa: F401
 
 MAGIC = b"LMON"
@@ -134,6 +135,8 @@ def _from_dict(cls: type, d: Any) -> Any:
 
 def encode_payload(msg: Any) -> bytes:
     if type(msg) is OpEvents:
+        if type(msg.events) is PackedEvents:     # packed by the C core: sent as it is
+            return msg.events.payload
         packed = encode_packed(msg.events)
         if packed is not None:
             return packed
