@@ -268,7 +268,7 @@ class _StreamReceiveMixin:
     __slots__ = ()
     _lm_receiver = None
     _lm_plain_protocol = None   # the protocol, unless it is a BufferedProtocol
-    _lm_monitor = None
+    _lm_count_delivered = None  # the monitor's bound delivered() (a bound method: the cheapest call)
 
     def set_protocol(self, protocol):
         super().set_protocol(protocol)
@@ -282,7 +282,8 @@ class _StreamReceiveMixin:
                 # 3.12+ hands protocols bytes: copy out through one view kept for good
                 # (memoryview(...) per chunk cost as much again as the copy on 3.12)
                 self._lm_view = memoryview(self._data)
-            self._lm_monitor = self._loop.monitor
+            mon = self._loop.monitor
+            self._lm_count_delivered = mon.delivered if mon is not None else None
             self._lm_receiver = make(self._sock, self._data,
                                      events.Handle(self._lm_received, (), self._loop, None))
 
@@ -324,9 +325,9 @@ class _StreamReceiveMixin:
             protocol = self._lm_plain_protocol
             if protocol is not None and not self._paused and not self._lm_backlog:
                 # _data_received -> _lm_deliver for the common case: a plain protocol
-                mon = self._lm_monitor
-                if mon is not None:
-                    mon.delivered(length)
+                count_delivered = self._lm_count_delivered
+                if count_delivered is not None:
+                    count_delivered(length)
                 try:
                     protocol.data_received(data)
                 except (SystemExit, KeyboardInterrupt):

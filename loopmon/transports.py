@@ -145,14 +145,14 @@ class SocketTransport(_CountDeliveredMixin, _StreamReceiveMixin, _ContinuedReadM
         "_pending_write", "_conn_lost", "_closing", "_called_connection_lost",
         "_eof_written", "_empty_waiter", "_pending_data_length", "_paused", "_data",
         # ours
-        "_lm_try_send", "_lm_receiver", "_lm_view", "_lm_plain_protocol", "_lm_monitor",
+        "_lm_try_send", "_lm_receiver", "_lm_view", "_lm_plain_protocol", "_lm_count_delivered",
         "_lm_backlog", "_lm_eof", "_lm_peer_fd",
     )
 
     def __init__(self, loop, *args, **kw):
         # before the base __init__, which schedules the first _loop_reading
         self._lm_try_send = getattr(loop._proactor, "try_send", None)
-        self._lm_receiver = self._lm_view = self._lm_plain_protocol = self._lm_monitor = None
+        self._lm_receiver = self._lm_view = self._lm_plain_protocol = self._lm_count_delivered = None
         self._lm_backlog = None
         self._lm_eof = False
         self._lm_peer_fd = None

@@ -82,6 +82,9 @@ class SelectorProactor(ReceiveSubmitMixin, SendSubmitMixin, ReadinessCompletionM
     def __init__(self, monitor: Any = None, faults: Iterable[str] = (),
                  selector: Optional[selectors.BaseSelector] = None) -> None:
         self.monitor = monitor
+        # a bound method, made once (see StreamReceive.__init__): the hottest send records
+        # through it
+        self._send_whole = monitor.send_whole if monitor is not None else None
         self._init_faults(faults)
         self._selector = selector if selector is not None else selectors.DefaultSelector()
         self._epoll_poll = (self._selector._selector.poll

@@ -105,8 +105,12 @@ class ReadinessCompletionMixin:
                     op = readers[0]
                     if type(op) is StreamReceive:
                         # the hot path: a stream transport's receive, _run_readers' work inline
+                        rec = op._lm_rec
                         try:
-                            n = op._lm_obj.recv_into(op._buffer)
+                            if rec is None:
+                                n = op._lm_obj.recv_into(op._buffer)
+                            else:   # the receive and its op_done in one call
+                                n = op._recv_done(rec, op._lm_obj, op._buffer)
                         except _WOULD_BLOCK:
                             st.drained = False      # readiness lied: try inline next time
                             continue
@@ -121,8 +125,6 @@ class ReadinessCompletionMixin:
                         op.nbytes = n
                         st.drained = 0 < n < op._lm_n
                         ready_queue.append(op._lm_cont)
-                        if op._lm_rec is not None:
-                            self.monitor.op_done(op._lm_rec, n)
                         if readers:
                             self._run_readers(st)
                         continue

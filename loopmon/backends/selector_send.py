@@ -73,16 +73,16 @@ class SendSubmitMixin:
 
         Saves the already-finished future (and its done callback) on the common path.
         """
+        send_whole = self._send_whole
         try:
-            n = sock.send(data)
+            # instrumented: the send and its record in one call (Monitor.send_whole)
+            n = sock.send(data) if send_whole is None else send_whole(sock, data)
         except _WOULD_BLOCK:
             n = 0
         except Exception as exc:
             return self._send_failed_inline(KIND_SEND, sock, data, len(data), exc)
         total = len(data)
         if n == total:
-            if self.monitor is not None:
-                self.monitor.op_inline(KIND_SEND, sock.fileno(), total, n)
             return None
         op = self._pend(KIND_SEND, sock, memoryview(data)[n:] if n else data, total, 0, True,
                         self.monitor)

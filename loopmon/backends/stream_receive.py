@@ -79,12 +79,18 @@ class StreamReceive:
 
     __slots__ = ("_lm_backend", "_lm_kind", "_lm_obj", "_lm_fd", "_lm_n",
                  "_lm_arg", "_lm_done", "_lm_rec", "_lm_cont", "nbytes", "error",
-                 "_proactor", "_monitor", "_buffer", "_lm_st")
+                 "_proactor", "_monitor", "_buffer", "_lm_st",
+                 "_start_recv", "_recv_done")
 
     def __init__(self, proactor: Any, sock: Any, buf: Any, handle: Any) -> None:
         self._proactor = proactor
-        self._monitor = proactor.monitor
+        self._monitor = mon = proactor.monitor
         self._buffer = buf
+        # bound methods, made once: calling one is the cheapest call from Python there is
+        # (a method looked up on the Monitor -- a subclass of the C core -- misses the
+        # interpreter's specialised call path and costs ~3x as much per call)
+        self._start_recv = mon.op_start_recv if mon is not None else None
+        self._recv_done = mon.recv_into_done if mon is not None else None
         self._lm_backend = None         # set while a receive is pending (cancellable)
         self._lm_kind = KIND_RECV_INTO
         self._lm_obj = sock
@@ -117,9 +123,9 @@ class StreamReceive:
             # (drained implies: st is still sock's live record, watched for reading, and
             # the backend is open -- fdtable and close() clear it otherwise)
             self._lm_backend = self._proactor
-            mon = self._monitor
-            if mon is not None:
-                self._lm_rec = mon.op_start_recv(st.fd, self._lm_n)
+            start_recv = self._start_recv
+            if start_recv is not None:
+                self._lm_rec = start_recv(st.fd, self._lm_n)
             st.readers.append(self)
             return
         proactor = self._proactor

@@ -56,7 +56,7 @@
 #include <structmember.h>
 #include <time.h>
 
-#define ABI_VERSION 3
+#define ABI_VERSION 4
 
 /* must match loopmon/monitor/events.py: checked at import (recorder.py) and by the tests */
 #define EV_OP_INLINE 1
@@ -68,6 +68,7 @@
 #define EV_DISCARD 7
 #define MAX_CODE 7
 #define KIND_RECV_INTO 1
+#define KIND_SEND 4
 #define OUTCOME_COMPLETED 1
 #define OUTCOME_CANCELLED 2
 #define FLAG_CANCEL_REQUESTED 1
@@ -915,6 +916,106 @@ core_delivered(CoreObject *m, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------- The syscall and its record, as one
+ * On the selector backend the hottest ops are a stream's send that goes out whole and the
+ * receive a readiness event completes.  Each was two calls from Python: the socket's method,
+ * then the recorder's.  A call from Python bytecode costs several times what its C body
+ * does (the frame's opcodes, the method lookup, the vectorcall and its argument checks), so
+ * these make the socket's own call from here and record it after: the instrumented loop
+ * makes as many Python-level calls as the bare one.  The socket call is the program's own
+ * operation: its exception propagates exactly as if Python had made the call (and nothing is
+ * recorded); the recording swallows its own errors, as everywhere. */
+static PyObject *STR_SEND, *STR_RECV_INTO, *STR_FILENO;
+
+/* the byte length of a send's data (bytes and bytearray directly, else its buffer's) */
+static int
+data_nbytes(PyObject *data, long long *out)
+{
+    if (PyBytes_CheckExact(data)) {
+        *out = PyBytes_GET_SIZE(data);
+        return 0;
+    }
+    if (PyByteArray_CheckExact(data)) {
+        *out = PyByteArray_GET_SIZE(data);
+        return 0;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return -1;
+    *out = view.len;
+    PyBuffer_Release(&view);
+    return 0;
+}
+
+/* send_whole(sock, data) -> n: sock.send(data); when all of data went out, recorded as
+   op_inline(KIND_SEND, sock.fileno(), n, n).  Less (the caller pends the rest, which records
+   the op as pending) or an exception: nothing recorded. */
+static PyObject *
+core_send_whole(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "send_whole(sock, data)");
+        return NULL;
+    }
+    PyObject *call[2] = {args[0], args[1]};
+    PyObject *res = PyObject_VectorcallMethod(STR_SEND, call,
+                                              2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (res == NULL)
+        return NULL;                    /* the socket's own exception */
+    long long n, total, fd;
+    if (as_ll(res, &n) || data_nbytes(args[1], &total))
+        goto error;
+    if (n != total)
+        return res;
+    PyObject *fdo = PyObject_VectorcallMethod(STR_FILENO, call, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                              NULL);
+    if (fdo == NULL)
+        goto error;
+    int bad = as_ll(fdo, &fd);
+    Py_DECREF(fdo);
+    if (bad)
+        goto error;
+    long long seq = m->seq_next++;
+    m->ops_inline++;
+    m->bytes_sent += n;
+    put(m, seq, EV_OP_INLINE, now(), 0, seq, KIND_SEND, fd, n, OUTCOME_COMPLETED, n);
+    return res;
+error:
+    note_error(m);
+    return res;
+}
+
+/* recv_into_done(rec, sock, buf) -> n: sock.recv_into(buf), then op_done(rec, n).  An
+   exception (would block, a reset) leaves the op in flight for the caller to handle. */
+static PyObject *
+core_recv_into_done(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "recv_into_done(rec, sock, buf)");
+        return NULL;
+    }
+    PyObject *call[2] = {args[1], args[2]};
+    PyObject *res = PyObject_VectorcallMethod(STR_RECV_INTO, call,
+                                              2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (res == NULL)
+        return NULL;                    /* the socket's own exception */
+    PyObject *o = args[0];
+    long long n;
+    if (o == Py_None)
+        return res;
+    if (!OpRecord_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "recv_into_done() wants an OpRecord, not %.100s",
+                     Py_TYPE(o)->tp_name);
+        goto error;
+    }
+    if (as_ll(res, &n) || end_op(m, (OpRecordObject *)o, OUTCOME_COMPLETED, n, 0, 0, 0) < 0)
+        goto error;
+    return res;
+error:
+    note_error(m);
+    return res;
+}
+
 /* _emit(code, t, *fields) -> seq: an event from the Python side (rare paths).  Raises on a
    layout mismatch -- the Python callers catch it like any instrumentation error. */
 static PyObject *
@@ -1231,6 +1332,11 @@ static PyMethodDef core_methods[] = {
      "op_cancel(rec): a cancel was requested; the op stays in flight."},
     {"op_end", (PyCFunction)(void (*)(void))core_op_end, METH_FASTCALL | METH_KEYWORDS,
      "op_end(rec, outcome, nbytes=0, error='', flags=0, keep_buffer=False): a pending op ended."},
+    {"send_whole", (PyCFunction)(void (*)(void))core_send_whole, METH_FASTCALL,
+     "send_whole(sock, data) -> sock.send(data); recorded as an inline send when all of "
+     "data went out."},
+    {"recv_into_done", (PyCFunction)(void (*)(void))core_recv_into_done, METH_FASTCALL,
+     "recv_into_done(rec, sock, buf) -> sock.recv_into(buf), then op_done(rec, n)."},
     {"delivered", (PyCFunction)core_delivered, METH_O,
      "delivered(nbytes): received bytes handed to a protocol or returned to a caller."},
     {"_emit", (PyCFunction)(void (*)(void))core_emit, METH_FASTCALL,
@@ -1338,7 +1444,10 @@ PyInit__loopmon_speedups(void)
     if (PyType_Ready(&OpRecord_Type) < 0 || PyType_Ready(&Core_Type) < 0)
         return NULL;
     EMPTY_STR = PyUnicode_FromString("");
-    if (EMPTY_STR == NULL)
+    STR_SEND = PyUnicode_InternFromString("send");
+    STR_RECV_INTO = PyUnicode_InternFromString("recv_into");
+    STR_FILENO = PyUnicode_InternFromString("fileno");
+    if (EMPTY_STR == NULL || STR_SEND == NULL || STR_RECV_INTO == NULL || STR_FILENO == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&speedups_module);
     if (m == NULL)
@@ -1350,14 +1459,14 @@ PyInit__loopmon_speedups(void)
         || PyModule_AddIntConstant(m, "ABI_VERSION", ABI_VERSION) < 0)
         goto fail;
     PyObject *constants = Py_BuildValue(
-        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
+        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
         "EV_OP_INLINE", EV_OP_INLINE, "EV_OP_SUBMIT", EV_OP_SUBMIT,
         "EV_OP_CANCEL", EV_OP_CANCEL, "EV_OP_END", EV_OP_END, "EV_BUF_PIN", EV_BUF_PIN,
         "EV_BUF_RELEASE", EV_BUF_RELEASE, "EV_DISCARD", EV_DISCARD,
         "OUTCOME_COMPLETED", OUTCOME_COMPLETED, "OUTCOME_CANCELLED", OUTCOME_CANCELLED,
         "FLAG_CANCEL_REQUESTED", FLAG_CANCEL_REQUESTED,
         "FLAG_LATE_COMPLETION", FLAG_LATE_COMPLETION, "FLAG_DISCARDED", FLAG_DISCARDED,
-        "KIND_RECV_INTO", KIND_RECV_INTO);
+        "KIND_RECV_INTO", KIND_RECV_INTO, "KIND_SEND", KIND_SEND);
     if (constants == NULL || PyModule_AddObject(m, "CONSTANTS", constants) < 0) {
         Py_XDECREF(constants);
         goto fail;

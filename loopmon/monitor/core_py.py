@@ -32,6 +32,7 @@ from typing import Optional
 from .events import (
     EV_BUF_PIN, EV_BUF_RELEASE, EV_DISCARD, EV_OP_CANCEL, EV_OP_END, EV_OP_INLINE,
     EV_OP_SUBMIT, FLAG_CANCEL_REQUESTED, FLAG_DISCARDED, FLAG_LATE_COMPLETION, KIND_RECV_INTO,
+    KIND_SEND,
     OUTCOME_CANCELLED, OUTCOME_COMPLETED, RECEIVE_KINDS, SEND_KINDS,
 )
 
@@ -257,6 +258,24 @@ class PyMonitorCore:
     def op_done(self, rec: Optional[OpRecord], nbytes: int) -> None:
         """``op_end(rec, OUTCOME_COMPLETED, nbytes)``."""
         self.op_end(rec, OUTCOME_COMPLETED, nbytes)
+
+    def send_whole(self, sock, data) -> int:
+        """``sock.send(data)``; recorded as an inline send when all of ``data`` went out.
+        The socket's exception propagates (nothing recorded), as from the call itself."""
+        n = sock.send(data)
+        try:
+            if n == memoryview(data).nbytes:
+                self.op_inline(KIND_SEND, sock.fileno(), n, n)
+        except Exception as exc:
+            self._note_error(exc)
+        return n
+
+    def recv_into_done(self, rec: Optional[OpRecord], sock, buf) -> int:
+        """``sock.recv_into(buf)``, then ``op_done(rec, n)``; the socket's exception
+        propagates and leaves the op in flight."""
+        n = sock.recv_into(buf)
+        self.op_end(rec, OUTCOME_COMPLETED, n)
+        return n
 
     def delivered(self, nbytes: int) -> None:
         try:

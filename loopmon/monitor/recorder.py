@@ -58,7 +58,7 @@ from .snapshot import BufferInfo, OpInfo, Snapshot
 
 _monotonic = time.monotonic
 
-_SPEEDUPS_ABI = 3
+_SPEEDUPS_ABI = 4
 
 RING_CAPACITY = 1 << 13   # events the ring starts with: 512 KiB of 64-byte slots in the C core
 RING_MAX = 1 << 16        # ... and may double up to when its consumer falls behind

@@ -283,6 +283,68 @@ def test_stream_receive_shorthands_record_what_the_long_forms_do(Mon):
 
 
 @pytest.mark.parametrize("Mon", CORES)
+def test_send_whole_records_a_whole_send_and_nothing_else(Mon):
+    """send_whole(sock, data) is sock.send(data) + op_inline(KIND_SEND, fd, n, n) when all of
+    data went out; a partial send and the socket's own exception record nothing (the
+    caller pends the rest, or handles the error) -- on real sockets."""
+    import socket
+    mon, ref = Mon(), Mon()
+    a, b = socket.socketpair()
+    try:
+        a.setblocking(False)
+        assert mon.send_whole(a, b"hello") == 5
+        ref.op_inline(ev.KIND_SEND, a.fileno(), 5, 5)
+        assert mon.send_whole(a, memoryview(b"xy" * 4).cast("H")) == 8   # bytes, not items
+        ref.op_inline(ev.KIND_SEND, a.fileno(), 8, 8)
+        assert b.recv(100) == b"hello" + b"xy" * 4
+        assert _strip_time(mon.drain()) == _strip_time(ref.drain())
+        assert mon.snapshot().bytes_sent == 13
+        big = bytes(8 << 20)                 # more than the socket buffers take at once
+        n = mon.send_whole(a, big)
+        assert 0 < n < len(big)
+        assert mon.drain() == [] and mon.snapshot().bytes_sent == 13
+        with pytest.raises(BlockingIOError):
+            mon.send_whole(a, big)           # the socket's own exception, unchanged
+        assert mon.drain() == [] and mon.instrumentation_errors == 0
+    finally:
+        a.close()
+        b.close()
+    with pytest.raises(OSError):
+        mon.send_whole(a, b"late")           # a closed socket: EBADF, as sock.send raises
+    assert mon.drain() == [] and mon.instrumentation_errors == 0
+
+
+@pytest.mark.parametrize("Mon", CORES)
+def test_recv_into_done_ends_the_op_with_what_arrived(Mon):
+    """recv_into_done(rec, sock, buf) is sock.recv_into(buf) + op_done(rec, n); when the
+    socket raises, the exception is the caller's and the op stays in flight."""
+    import socket
+    mon, ref = Mon(), Mon()
+    a, b = socket.socketpair()
+    try:
+        b.setblocking(False)
+        buf = bytearray(64)
+        rec, rref = mon.op_start_recv(b.fileno(), 64), ref.op_start_recv(b.fileno(), 64)
+        with pytest.raises(BlockingIOError):
+            mon.recv_into_done(rec, b, buf)
+        assert mon.snapshot().ops_outstanding == 1 and mon.instrumentation_errors == 0
+        a.send(b"abc")
+        assert mon.recv_into_done(rec, b, buf) == 3 and bytes(buf[:3]) == b"abc"
+        ref.op_done(rref, 3)
+        assert _strip_time(mon.drain()) == _strip_time(ref.drain())
+        snap = mon.snapshot()
+        assert snap.ops_outstanding == 0 and snap.bytes_received == 3
+        a.send(b"de")
+        assert mon.recv_into_done(None, b, buf) == 2    # a failed start's None: no record
+        a.send(b"f")
+        assert mon.recv_into_done(object(), b, buf) == 1   # a bad record: swallowed
+        assert mon.instrumentation_errors == 1 and mon.drain() == []
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("Mon", CORES)
 def test_emit_checks_the_layout(Mon):
     mon = Mon()
     if Mon is recorder.CMonitor:
