@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextvars
 import heapq
+import time
 from asyncio import base_events, events, format_helpers
 from asyncio.log import logger
 
@@ -44,6 +45,8 @@ _FORMAT_WITH_DEBUG = "get_debug" in _Handle._run.__code__.co_names
 _MIN_SCHEDULED_TIMER_HANDLES = base_events._MIN_SCHEDULED_TIMER_HANDLES
 _MIN_CANCELLED_TIMER_HANDLES_FRACTION = base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION
 MAXIMUM_SELECT_TIMEOUT = base_events.MAXIMUM_SELECT_TIMEOUT
+_monotonic = time.monotonic
+_BASE_TIME = base_events.BaseEventLoop.time
 
 
 def _report_callback_error(handle: events.Handle, exc: BaseException) -> None:
@@ -65,6 +68,14 @@ def _report_callback_error(handle: events.Handle, exc: BaseException) -> None:
 
 class LeanIterationMixin:
     """``call_soon`` and ``_run_once`` for a ``BaseEventLoop`` subclass (module docstring)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        # loop.time() for _run_once: time.monotonic itself when time() is the stdlib's, so
+        # no Python frame per read.  While any timer is scheduled (the loop-lag timer alone
+        # is one) every iteration reads the clock, so this is per iteration, not per timer.
+        # A subclass's own time() is honoured (bound here once).
+        self._lm_clock = _monotonic if type(self).time is _BASE_TIME else self.time
 
     def call_soon(self, callback, *args, context=None):
         if self._debug or self._closed:
@@ -110,7 +121,7 @@ class LeanIterationMixin:
             timeout = 0
         elif scheduled:
             # Compute the desired timeout.
-            timeout = scheduled[0]._when - self.time()
+            timeout = scheduled[0]._when - self._lm_clock()
             if timeout > MAXIMUM_SELECT_TIMEOUT:
                 timeout = MAXIMUM_SELECT_TIMEOUT
             elif timeout < 0:
@@ -124,7 +135,7 @@ class LeanIterationMixin:
 
         # Handle 'later' callbacks that are ready.
         if scheduled:
-            end_time = self.time() + self._clock_resolution
+            end_time = self._lm_clock() + self._clock_resolution
             while scheduled:
                 handle = scheduled[0]
                 if handle._when >= end_time:
