@@ -44,8 +44,9 @@
  *
  * Threads: the slots are copied with the GIL held and nothing between reading a slot and
  * writing the copy runs Python code (see the header of _speedups.c).  The selection and the
- * packing work only on that private copy and on buffers allocated before, so for a large
- * window (DW_RELEASE_MIN events and more) they run with the GIL released.  For the usual
+ * packing work only on that private copy and on buffers allocated before (one block; a
+ * small one is kept from call to call, see dw_scratch), so for a large window
+ * (DW_RELEASE_MIN events and more, in a block of its own) they run with the GIL released.  For the usual
  * window (~1-2 k events: tens of microseconds) they do not: handing the GIL to the loop
  * thread and taking it back costs the loop more than the work itself.  The string table
  * (m->strings, a list the loop thread may append to) is read only with the GIL held, after.
@@ -118,7 +119,7 @@ dw_nints(int code)
     return NFIELDS[code] - (STRPOS[code] >= 0);
 }
 
-/* Everything the GIL-free part needs, allocated (raw) while the GIL is held. */
+/* Everything the select/pack part needs: one block, carved up (see dw_alloc). */
 typedef struct {
     Taken *copy;
     long long n;              /* copied events */
@@ -126,7 +127,8 @@ typedef struct {
     Py_ssize_t nstrings;      /* the string table's size when the slots were copied */
     unsigned char *sel;       /* per copied event: selected? */
     DwSet started, closed, bufs;
-    void *set_mem;
+    void *block;
+    int scratch;              /* block is dw_scratch (not to be freed) */
     /* results */
     long long count;          /* selected events */
     int have_span;
@@ -139,41 +141,87 @@ typedef struct {
     unsigned short *str_index;  /* string id -> table index (0: not yet / ""); nstrings */
 } DwWork;
 
+/* One block kept from call to call: a tick's window is ~1-2 k events (~0.3 MB here), and a
+   fresh block each tick cost page faults and heap growth (mprotect) on the telemetry thread
+   -- measured ~3 % of its samples.  Used only by a call that holds the GIL throughout (the
+   GIL guards it); `dw_scratch_busy` covers a call re-entered from a finalizer while it builds
+   its result.  Blocks over DW_SCRATCH_MAX are allocated per call. */
+#define DW_SCRATCH_MAX ((size_t)4 << 20)
+static void *dw_scratch;
+static size_t dw_scratch_size;
+static int dw_scratch_busy;
+
 static void
 dw_free(DwWork *w)
 {
-    PyMem_RawFree(w->copy);
-    PyMem_RawFree(w->sel);
-    PyMem_RawFree(w->set_mem);
-    PyMem_RawFree(w->codes);
-    PyMem_RawFree(w->body);
-    PyMem_RawFree(w->str_ids);
-    PyMem_RawFree(w->str_index);
+    if (w->scratch)
+        dw_scratch_busy = 0;
+    else
+        PyMem_RawFree(w->block);
+    w->block = NULL;
+    w->scratch = 0;
 }
 
-/* allocate the sets and buffers for n copied events; -1 when out of memory */
+static inline size_t
+dw_align(size_t x)
+{
+    return (x + 15) & ~(size_t)15;
+}
+
+/* lay out the copy, the sets and the output buffers for n events in one block (the scratch
+   block if `may_share` and it is free); -1 when out of memory */
 static int
-dw_alloc(DwWork *w, long long n, Py_ssize_t nstrings)
+dw_alloc(DwWork *w, long long n, Py_ssize_t nstrings, int may_share)
 {
     int bits = 4;
     while ((1LL << bits) < 2 * n)
         bits++;
-    size_t cap = (size_t)1 << bits;
+    size_t cap = (size_t)1 << bits, un = (size_t)(n ? n : 1), ns = (size_t)nstrings + 1;
+    size_t at_copy = 0;
+    size_t at_body = at_copy + dw_align(un * sizeof(Taken));
+    /* the widest event: 7 ints, a float and a string index */
+    size_t at_keys = at_body + dw_align(un * (7 * 8 + 8 + 4));
+    size_t at_ids = at_keys + dw_align(3 * cap * sizeof(long long));
+    size_t at_index = at_ids + dw_align(ns * sizeof(unsigned int));
+    size_t at_used = at_index + dw_align(ns * sizeof(unsigned short));
+    size_t at_sel = at_used + dw_align(3 * cap);
+    size_t at_codes = at_sel + dw_align(un);
+    size_t size = at_codes + dw_align(un);
     w->n = n;
     w->nstrings = nstrings;
-    w->copy = PyMem_RawMalloc((size_t)(n ? n : 1) * sizeof(Taken));
-    w->sel = PyMem_RawCalloc((size_t)(n ? n : 1), 1);
-    w->set_mem = PyMem_RawCalloc(3 * cap, sizeof(long long) + 1);
-    w->codes = PyMem_RawMalloc((size_t)(n ? n : 1));
-    /* the widest event: 7 ints, a float and a string index */
-    w->body = PyMem_RawMalloc((size_t)(n ? n : 1) * (7 * 8 + 8 + 4));
-    w->str_ids = PyMem_RawMalloc(((size_t)nstrings + 1) * sizeof(unsigned int));
-    w->str_index = PyMem_RawCalloc((size_t)nstrings + 1, sizeof(unsigned short));
-    if (!w->copy || !w->sel || !w->set_mem || !w->codes || !w->body || !w->str_ids
-        || !w->str_index)
+    w->scratch = 0;
+    if (may_share && !dw_scratch_busy && size <= DW_SCRATCH_MAX) {
+        if (dw_scratch_size < size) {
+            size_t want = dw_scratch_size ? dw_scratch_size : 64 * 1024;
+            while (want < size)
+                want *= 2;
+            void *mem = PyMem_RawMalloc(want);
+            if (mem != NULL) {
+                PyMem_RawFree(dw_scratch);
+                dw_scratch = mem;
+                dw_scratch_size = want;
+            }
+        }
+        if (dw_scratch_size >= size) {
+            w->block = dw_scratch;
+            w->scratch = dw_scratch_busy = 1;
+        }
+    }
+    if (!w->scratch)
+        w->block = PyMem_RawMalloc(size);
+    if (w->block == NULL)
         return -1;
-    long long *keys = w->set_mem;
-    unsigned char *used = (unsigned char *)(keys + 3 * cap);
+    char *b = w->block;
+    /* zeroed: the sets' used flags, the string index, the selection marks */
+    memset(b + at_index, 0, at_codes - at_index);
+    w->copy = (Taken *)(b + at_copy);
+    w->body = (unsigned char *)(b + at_body);
+    w->str_ids = (unsigned int *)(b + at_ids);
+    w->str_index = (unsigned short *)(b + at_index);
+    w->sel = (unsigned char *)(b + at_sel);
+    w->codes = (unsigned char *)(b + at_codes);
+    long long *keys = (long long *)(b + at_keys);
+    unsigned char *used = (unsigned char *)(b + at_used);
     DwSet *sets[3] = {&w->started, &w->closed, &w->bufs};
     for (int i = 0; i < 3; i++) {
         sets[i]->keys = keys + i * cap;
@@ -378,7 +426,8 @@ core_drain_window(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t nstrings = PyList_GET_SIZE(strings);
     if (nstrings > MAX_STRINGS + 1)
         nstrings = MAX_STRINGS + 1;        /* the table is bounded; ids beyond read as "" */
-    if (dw_alloc(&w, kept, nstrings) < 0) {
+    int release = kept >= DW_RELEASE_MIN;
+    if (dw_alloc(&w, kept, nstrings, !release) < 0) {
         dw_free(&w);
         return PyErr_NoMemory();
     }
@@ -390,7 +439,7 @@ core_drain_window(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
     }
     m->next_seq = first + n;
     w.hi = first + start + window;
-    if (kept >= DW_RELEASE_MIN) {
+    if (release) {
         Py_BEGIN_ALLOW_THREADS
         dw_select(&w);
         dw_pack(&w);
