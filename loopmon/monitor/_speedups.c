@@ -927,6 +927,60 @@ core_delivered(CoreObject *m, PyObject *arg)
  * recorded); the recording swallows its own errors, as everywhere. */
 static PyObject *STR_SEND, *STR_RECV_INTO, *STR_FILENO;
 
+/* The socket's method, found the way the interpreter's specialised LOAD_METHOD finds it:
+   the descriptor on the type is kept with the type's version tag and reused while the type
+   is unchanged (any change to a type's attributes gives it a new tag, and tags are never
+   reused, so a stale type pointer can only miss).  Kept only where nothing on the instance
+   can shadow it -- a type without an instance dict -- and only for a builtin method
+   descriptor; anything else (a socket subclass overriding send(), a mock) takes the full
+   lookup every call.  The full lookup is what a bare loop's bytecode does not pay: it was
+   ~150 instructions a call here. */
+typedef struct {
+    PyTypeObject *type;       /* compared, never dereferenced */
+    unsigned int version;
+    PyObject *descr;          /* strong */
+} MethodCache;
+
+static MethodCache SEND_CACHE, RECV_INTO_CACHE, FILENO_CACHE;
+
+/* is the type's version tag valid?  (3.12+ zero it on a change; earlier ones clear a flag) */
+#if PY_VERSION_HEX >= 0x030C0000
+#define TAG_VALID(tp) ((tp)->tp_version_tag != 0)
+#else
+#define TAG_VALID(tp) (PyType_HasFeature((tp), Py_TPFLAGS_VALID_VERSION_TAG) \
+                       && (tp)->tp_version_tag != 0)
+#endif
+
+static int
+no_instance_dict(PyTypeObject *tp)
+{
+#ifdef Py_TPFLAGS_MANAGED_DICT
+    if (PyType_HasFeature(tp, Py_TPFLAGS_MANAGED_DICT))
+        return 0;
+#endif
+    return tp->tp_dictoffset == 0;
+}
+
+/* name(args[0], *args[1:nargs]) -- a method call on args[0] */
+static PyObject *
+call_method(MethodCache *c, PyObject *name, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyTypeObject *tp = Py_TYPE(args[0]);
+    if (tp == c->type && tp->tp_version_tag == c->version && TAG_VALID(tp))
+        return PyObject_Vectorcall(c->descr, args, (size_t)nargs, NULL);
+    if (no_instance_dict(tp)) {
+        PyObject *descr = _PyType_Lookup(tp, name);      /* borrowed; tags the type */
+        if (descr != NULL && Py_IS_TYPE(descr, &PyMethodDescr_Type) && TAG_VALID(tp)) {
+            Py_INCREF(descr);
+            Py_XSETREF(c->descr, descr);
+            c->type = tp;
+            c->version = tp->tp_version_tag;
+            return PyObject_Vectorcall(descr, args, (size_t)nargs, NULL);
+        }
+    }
+    return PyObject_VectorcallMethod(name, (PyObject **)args, (size_t)nargs, NULL);
+}
+
 /* the byte length of a send's data (bytes and bytearray directly, else its buffer's) */
 static int
 data_nbytes(PyObject *data, long long *out)
@@ -957,9 +1011,7 @@ core_send_whole(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "send_whole(sock, data)");
         return NULL;
     }
-    PyObject *call[2] = {args[0], args[1]};
-    PyObject *res = PyObject_VectorcallMethod(STR_SEND, call,
-                                              2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    PyObject *res = call_method(&SEND_CACHE, STR_SEND, args, 2);
     if (res == NULL)
         return NULL;                    /* the socket's own exception */
     long long n, total, fd;
@@ -967,8 +1019,7 @@ core_send_whole(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
         goto error;
     if (n != total)
         return res;
-    PyObject *fdo = PyObject_VectorcallMethod(STR_FILENO, call, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                              NULL);
+    PyObject *fdo = call_method(&FILENO_CACHE, STR_FILENO, args, 1);
     if (fdo == NULL)
         goto error;
     int bad = as_ll(fdo, &fd);
@@ -994,9 +1045,7 @@ core_recv_into_done(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "recv_into_done(rec, sock, buf)");
         return NULL;
     }
-    PyObject *call[2] = {args[1], args[2]};
-    PyObject *res = PyObject_VectorcallMethod(STR_RECV_INTO, call,
-                                              2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    PyObject *res = call_method(&RECV_INTO_CACHE, STR_RECV_INTO, args + 1, 2);
     if (res == NULL)
         return NULL;                    /* the socket's own exception */
     PyObject *o = args[0];

@@ -315,6 +315,44 @@ def test_send_whole_records_a_whole_send_and_nothing_else(Mon):
 
 
 @pytest.mark.parametrize("Mon", CORES)
+def test_send_whole_calls_the_sockets_own_send_even_when_it_changes(Mon):
+    """The C core keeps the socket type's send/recv_into/fileno between calls (as the
+    interpreter's method caches do): a subclass that overrides them, and a class changed
+    after the first call, must still get their own methods called."""
+    import socket
+    calls = []
+
+    class Traced(socket.socket):
+        __slots__ = ()
+
+    mon = Mon()
+    a, b = socket.socketpair()
+    t = Traced(fileno=a.detach())
+    fd = t.fileno()
+    try:
+        assert mon.send_whole(t, b"one") == 3          # the builtin send, through the cache
+        assert mon.send_whole(t, b"two") == 3
+
+        def send(self, data, flags=0):
+            calls.append(bytes(data))
+            return socket.socket.send(self, data, flags)
+        Traced.send = send                              # the type changed under the cache
+        assert mon.send_whole(t, b"three") == 5
+        assert calls == [b"three"]
+        del Traced.send
+        assert mon.send_whole(t, b"four") == 4 and calls == [b"three"]
+        Traced.fileno = lambda self: 12345
+        assert mon.send_whole(t, b"five") == 4
+        assert b.recv(100) == b"onetwothreefourfive"
+        fds = [e[5] for e in mon.drain()]
+        assert fds == [fd] * 4 + [12345]
+        assert mon.instrumentation_errors == 0
+    finally:
+        t.close()
+        b.close()
+
+
+@pytest.mark.parametrize("Mon", CORES)
 def test_recv_into_done_ends_the_op_with_what_arrived(Mon):
     """recv_into_done(rec, sock, buf) is sock.recv_into(buf) + op_done(rec, n); when the
     socket raises, the exception is the caller's and the op stays in flight."""
