@@ -4,13 +4,19 @@
  * Why C
  * -----
  * The backend calls the recorder once per op transition, on the hottest path a program has:
- * an echo round trip on the selector backend makes six calls (two inline sends, two pending
- * receives that start and end) and ten events.  In Python each call is a frame, an
+ * an echo round trip on the selector backend makes eight calls (two inline sends, two pending
+ * receives that start and end, two deliveries) and ten events.  In Python each call is a frame, an
  * attribute walk, a float, a tuple of up to ten objects and, once the ring is full, the
  * eviction (deallocation) of the oldest tuple: about 5 us of a 25 us round trip, far over
  * the 5 % the core issue allows.  Here a call is a vectorcall into C, a few int increments,
  * one clock read and a struct written into a preallocated ring slot: no allocation at all
- * for an inline op, one small record (the ``OpRecord``) for a pending one.
+ * for an inline op, one small record (the ``OpRecord``) for a pending one.  Two more things
+ * keep the Python side of a call small: the hottest sends and receive completions are one
+ * call that makes the socket's own call and records it (``send_whole``, ``recv_into_done``:
+ * the instrumented loop makes no more Python-level calls there than the bare one), and the
+ * backend holds the other hot methods as bound methods made once -- a method looked up on
+ * the Monitor, a subclass of this type, misses 3.11+'s specialised call path (measured:
+ * 21 ns a call, against 3 ns through a bound method).
  *
  * The ring
  * --------

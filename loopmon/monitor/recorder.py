@@ -3,9 +3,11 @@
 Two halves
 ----------
 The backend calls the hot-path methods -- ``op_inline``, ``op_start``, ``op_start_pinned``,
-``op_cancel``, ``op_end``, ``delivered``, and the stream receive's shorthands
-``op_start_recv``/``op_done`` -- on the loop thread, once per op transition, on the hottest
-path the program has.  Those live in a *core*: the C extension
+``op_cancel``, ``op_end``, ``delivered``, the stream receive's shorthands
+``op_start_recv``/``op_done``, and ``send_whole``/``recv_into_done``, which make the socket's
+own call and record it in the same call -- on the loop thread, once per op transition, on the
+hottest path the program has (the hottest call sites hold them as bound methods, made once:
+see ``_speedups.c``).  Those live in a *core*: the C extension
 ``_loopmon_speedups`` (``loopmon/monitor/_speedups.c``: a call is a few int increments, one
 clock read and a struct written into a preallocated ring slot) or, where it could not be
 built or ``LOOPMON_PURE_PYTHON=1`` asks for it, its pure-Python twin
