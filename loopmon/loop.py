@@ -16,8 +16,9 @@ leaves to Windows' subclass or does not have at all:
   count theirs in ``loopmon.transports``);
 * ``call_soon`` and the loop iteration without the stdlib's per-callback Python frames
   (``loopmon.loop_iteration``: same order, same error reporting, debug mode untouched);
-* **loop lag**: while running instrumented, a timer every ``lag_interval`` seconds measures
-  how late it fires and records it with ``Monitor.record_lag``.
+* **loop lag**: while running instrumented, a timer expiring every ``lag_interval`` seconds
+  measures how late its callback runs and records it with ``Monitor.record_lag``
+  (``loopmon.loop_lag``: a timerfd on Linux, so that the timer costs nothing per iteration).
 
 ``instrument=False`` gives the same loop, same transports, with no monitor
 (``loop.monitor is None``), for honest comparisons.
@@ -31,6 +32,7 @@ from asyncio import events, exceptions, proactor_events
 from typing import Any, Iterable, Optional
 
 from .backends.selector import SelectorProactor
+from .loop_lag import start_lag_timer
 from .loop_iteration import LeanIterationMixin
 from .loop_methods import ProactorLoopMethodsMixin
 from .monitor import Monitor
@@ -73,7 +75,7 @@ class ProactorEventLoop(LeanIterationMixin, PosixExtrasMixin, ProactorLoopMethod
         self._child_pidfds: dict = {}
         self._transports: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._lag_interval = lag_interval
-        self._lag_handle: Optional[events.TimerHandle] = None
+        self._lag_timer: Any = None
         main = threading.current_thread() is _IS_MAIN_THREAD()
         previous_wakeup_fd = _current_wakeup_fd() if main else -1
         super().__init__(proactor)
@@ -90,24 +92,15 @@ class ProactorEventLoop(LeanIterationMixin, PosixExtrasMixin, ProactorLoopMethod
             assert self._self_reading_future is None
             self.call_soon(self._loop_self_reading)
             if self.monitor is not None and self._lag_interval > 0:
-                expected = self.time() + self._lag_interval
-                self._lag_handle = self.call_at(expected, self._lag_tick, expected)
+                self._lag_timer = start_lag_timer(self, self.monitor, self._lag_interval)
             super().run_forever()
         finally:
-            if self._lag_handle is not None:
-                self._lag_handle.cancel()
-                self._lag_handle = None
+            if self._lag_timer is not None:
+                self._lag_timer.close()
+                self._lag_timer = None
             if self._self_reading_future is not None:
                 self._self_reading_future.cancel()
                 self._self_reading_future = None
-
-    def _lag_tick(self, expected: float) -> None:
-        now = self.time()
-        mon = self.monitor
-        if mon is not None:
-            mon.record_lag(now - expected)
-        expected = now + self._lag_interval
-        self._lag_handle = self.call_at(expected, self._lag_tick, expected)
 
     def _loop_self_reading(self, f: Any = None) -> None:
         try:
