@@ -28,6 +28,15 @@ _T_STR, _T_BYTES, _T_LIST, _T_TUPLE, _T_DICT = b"s", b"b", b"l", b"u", b"d"
 _Q = struct.Struct(">q")
 _D = struct.Struct(">d")
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_TQ = struct.Struct(">cq")       # tag + int64
+_TD = struct.Struct(">cd")       # tag + float64
+_KEYS: dict[str, bytes] = {}     # dict key (or short str value) -> its encoding; bounded
+_KEYS_MAX = 1024
+
+
+def _encoded_str(text: str) -> bytes:
+    raw = text.encode("utf-8", "surrogatepass")
+    return _T_STR + _LEN.pack(len(raw)) + raw
 
 
 def encode_value(value: Any, out: bytearray) -> None:
@@ -68,8 +77,32 @@ def encode_value(value: Any, out: bytearray) -> None:
         out += _T_DICT
         out += _LEN.pack(len(value))
         for k, v in value.items():
-            encode_value(k, out)
-            encode_value(v, out)
+            # the common shapes inline (a Sample's counters, an Outstanding op: str keys --
+            # the same few every tick, their encodings cached -- and int / float values);
+            # the same bytes as the general case, a third of the time
+            kb = _KEYS.get(k) if type(k) is str else None
+            if kb is None:
+                encode_value(k, out)
+                if type(k) is str and len(_KEYS) < _KEYS_MAX:
+                    _KEYS[k] = _encoded_str(k)
+            else:
+                out += kb
+            tv = type(v)
+            if tv is int and _INT64_MIN <= v <= _INT64_MAX:
+                out += _TQ.pack(_T_INT, v)
+            elif tv is float:
+                out += _TD.pack(_T_FLOAT, v)
+            elif tv is bool:
+                out += _T_TRUE if v else _T_FALSE
+            elif tv is str and len(v) <= 64:        # kind names, backends, peers: cached too
+                vb = _KEYS.get(v)
+                if vb is None:
+                    vb = _encoded_str(v)
+                    if len(_KEYS) < _KEYS_MAX:
+                        _KEYS[v] = vb
+                out += vb
+            else:
+                encode_value(v, out)
     elif isinstance(value, (int, float, str)):   # subclasses such as IntEnum: send the plain value
         encode_value(_plain(value), out)
     else:
