@@ -95,6 +95,23 @@ class OpRecord:
         return 0.0
 
 
+class _FailingInserts(dict):
+    """The op table while ``_fail_op_table`` is armed: inserts fail until the count is spent."""
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner: "PyMonitorCore", items: dict) -> None:
+        super().__init__(items)
+        self._owner = owner
+
+    def __setitem__(self, key, value) -> None:
+        owner = self._owner
+        if owner._failing_inserts > 0:
+            owner._failing_inserts -= 1
+            raise MemoryError("op table insert failed (injected: _fail_op_table)")
+        super().__setitem__(key, value)
+
+
 class PyMonitorCore:
     """Counters, the outstanding-op table and the event ring; hot-path methods in Python."""
 
@@ -111,7 +128,7 @@ class PyMonitorCore:
         self._seq_next = 1
         self._next_seq = 1          # the consumer's next wanted seq
         self._outstanding: dict = {}    # op_id -> OpRecord in flight (the C core: its op table)
-        self._fail_op_table = 0         # test hook: > 0 makes that many inserts fail
+        self._failing_inserts = 0       # the test hook's count (_fail_op_table)
         self._buffers: dict = {}     # buffers held past their op's end
         self.ops_inline = 0
         self._ops_pended = 0
@@ -151,8 +168,6 @@ class PyMonitorCore:
             seq = self._seq_next
             self._seq_next = seq + 1
             rec = OpRecord(seq, kind, fd, requested, t)
-            if self._fail_op_table > 0:
-                self._inserts_fail()
             self._outstanding[seq] = rec
             self._ops_pended += 1
             self._ring_append((seq, EV_OP_SUBMIT, t, seq, kind, fd, requested))
@@ -179,8 +194,6 @@ class PyMonitorCore:
             rec.buffer_size = size
             rec.buffer_pin_t = t
             rec.peer = None
-            if self._fail_op_table > 0:
-                self._inserts_fail()
             self._outstanding[seq] = rec
             self._ops_pended += 1
             self.buffers_pinned += 1
@@ -347,9 +360,18 @@ class PyMonitorCore:
         """Those of ``op_ids`` that are not in flight now (ended, or never started)."""
         return set(op_ids).difference(self._outstanding)
 
-    def _inserts_fail(self) -> None:
-        self._fail_op_table -= 1
-        raise MemoryError("op table insert failed (injected: _fail_op_table)")
+    # The test hook: ``_fail_op_table = n`` makes the next n inserts into the op table fail
+    # as on MemoryError.  Setting it swaps in a table that fails them, so the hot path
+    # itself carries no check (the C core's check is one int compare).
+    @property
+    def _fail_op_table(self) -> int:
+        return self._failing_inserts
+
+    @_fail_op_table.setter
+    def _fail_op_table(self, n: int) -> None:
+        self._failing_inserts = n
+        if n > 0 and type(self._outstanding) is dict:
+            self._outstanding = _FailingInserts(self, self._outstanding)
 
     def _note_error(self, exc: BaseException) -> None:  # pragma: no cover - Monitor's wins
         self.instrumentation_errors += 1
