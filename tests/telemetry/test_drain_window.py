@@ -29,8 +29,8 @@ from loopmon.telemetry.packed_events import PackedEvents, encode_packed
 from loopmon.telemetry.values import _Reader
 from loopmon.telemetry.packed_events import decode_packed
 
-pytestmark = pytest.mark.skipif(not hasattr(Monitor, "drain_window"),
-                                reason="the pure-Python core has no drain_window")
+needs_c_core = pytest.mark.skipif(not hasattr(Monitor, "drain_window"),
+                                  reason="the pure-Python core has no drain_window")
 
 ERRORS = ["", "", "", "BrokenPipeError", "ConnectionResetError", "TimeoutError"]
 
@@ -111,6 +111,7 @@ def _replay(events: list[tuple], skip: int, capacity: int) -> Monitor:
     return m
 
 
+@needs_c_core
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(actions=st.lists(action, min_size=1, max_size=60), repeat=st.integers(1, 40),
        data=st.data())
@@ -169,6 +170,7 @@ def _echo(m: Monitor, round_trips: int) -> None:
         m.op_done(rec, 100)
 
 
+@needs_c_core
 def test_a_budgeted_stream_gets_packed_windows_that_read_as_tuples():
     m = Monitor(ring_capacity=1 << 16)
     col = Collector(m, sample_period=60.0, drain_period=60.0, event_budget=2_000,
