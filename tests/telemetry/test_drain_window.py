@@ -161,13 +161,25 @@ def test_drain_window_sends_what_the_python_path_sends(actions, repeat, data):
         assert payload == encode_packed(expected)
 
 
-def _echo(m: Monitor, round_trips: int) -> None:
-    for i in range(round_trips):
-        m.op_inline(4, 5, 100, 100)
-        rec = m.op_start_recv(6, 4096)
-        if i % 9 == 0:
-            m.op_cancel(rec)                   # notable: some drains take the whole path
-        m.op_done(rec, 100)
+@needs_c_core
+def test_a_window_big_enough_to_release_the_gil_selects_the_same():
+    """Windows of DW_RELEASE_MIN (16 Ki) copied events and more select and pack with the GIL
+    released, in a block of their own: the same result."""
+    program = [("inline", 4, 100), ("start", 2, 1), ("start", 1, 4), ("done", 0, 100),
+               ("inline_failed", 4, "BrokenPipeError"), ("cancel", 0), ("done", 0, 50),
+               ("start", 0, 7), ("end", 0, OUTCOME_CANCELLED, "TimeoutError", 1, False)]
+    events = _record(program, 3000)
+    assert len(events) > 2 * 16384
+    for start, stop, window in [(100, 30_000, 20_000), (0, len(events), 16_384)]:
+        py_core, c_core = _replay(events, 0, 1 << 16), _replay(events, 0, 1 << 16)
+        n = py_core.events_queued()
+        first_seq, part = py_core.drain_range(start, stop, n)
+        sampler = EventSampler(1000)
+        sampler._learning = True
+        expected = sampler.take_window(first_seq, part, (start, stop, window), n)
+        _, selected, payload, span = c_core.drain_window(start, stop, n, window)
+        assert selected == len(expected) > 16384 // 2 and span == sampler._span
+        assert PackedEvents(payload, selected) == expected
 
 
 @needs_c_core
