@@ -72,9 +72,10 @@ class LeanIterationMixin:
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         # loop.time() for _run_once: time.monotonic itself when time() is the stdlib's, so
-        # no Python frame per read.  While any timer is scheduled (the loop-lag timer alone
-        # is one) every iteration reads the clock, so this is per iteration, not per timer.
-        # A subclass's own time() is honoured (bound here once).
+        # no Python frame per read.  While any timer is scheduled every iteration reads the
+        # clock, so this is per iteration, not per timer (the loop-lag timer is a timerfd
+        # where it can be, for that reason: loopmon.loop_lag).  A subclass's own time() is
+        # honoured (bound here once).
         self._lm_clock = _monotonic if type(self).time is _BASE_TIME else self.time
 
     def call_soon(self, callback, *args, context=None):
