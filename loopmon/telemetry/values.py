@@ -34,9 +34,15 @@ _KEYS: dict[str, bytes] = {}     # dict key (or short str value) -> its encoding
 _KEYS_MAX = 1024
 
 
-def _encoded_str(text: str) -> bytes:
-    raw = text.encode("utf-8", "surrogatepass")
-    return _T_STR + _LEN.pack(len(raw)) + raw
+def _cached_str(text: str) -> bytes:
+    """The encoding of ``text`` (a str), kept for next time while the cache has room."""
+    enc = _KEYS.get(text)
+    if enc is None:
+        raw = text.encode("utf-8", "surrogatepass")
+        enc = _T_STR + _LEN.pack(len(raw)) + raw
+        if len(_KEYS) < _KEYS_MAX:
+            _KEYS[text] = enc
+    return enc
 
 
 def encode_value(value: Any, out: bytearray) -> None:
@@ -80,13 +86,10 @@ def encode_value(value: Any, out: bytearray) -> None:
             # the common shapes inline (a Sample's counters, an Outstanding op: str keys --
             # the same few every tick, their encodings cached -- and int / float values);
             # the same bytes as the general case, a third of the time
-            kb = _KEYS.get(k) if type(k) is str else None
-            if kb is None:
-                encode_value(k, out)
-                if type(k) is str and len(_KEYS) < _KEYS_MAX:
-                    _KEYS[k] = _encoded_str(k)
+            if type(k) is str:
+                out += _cached_str(k)
             else:
-                out += kb
+                encode_value(k, out)
             tv = type(v)
             if tv is int and _INT64_MIN <= v <= _INT64_MAX:
                 out += _TQ.pack(_T_INT, v)
@@ -95,12 +98,7 @@ def encode_value(value: Any, out: bytearray) -> None:
             elif tv is bool:
                 out += _T_TRUE if v else _T_FALSE
             elif tv is str and len(v) <= 64:        # kind names, backends, peers: cached too
-                vb = _KEYS.get(v)
-                if vb is None:
-                    vb = _encoded_str(v)
-                    if len(_KEYS) < _KEYS_MAX:
-                        _KEYS[v] = vb
-                out += vb
+                out += _cached_str(v)
             else:
                 encode_value(v, out)
     elif isinstance(value, (int, float, str)):   # subclasses such as IntEnum: send the plain value
