@@ -412,13 +412,7 @@ core_drain_window(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_RuntimeError, "the monitor's string table is gone");
         return NULL;
     }
-    long long n = take_count(m, max_items);
-    long long first = m->next_seq;
-    if (start < 0)
-        start = 0;
-    if (stop > n)
-        stop = n;
-    long long kept = stop > start ? stop - start : 0;
+    long long n, first, kept = range_take(m, max_items, &start, stop, &n, &first);
     if (window < 0)
         window = 0;
     DwWork w;
@@ -431,13 +425,7 @@ core_drain_window(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
         dw_free(&w);
         return PyErr_NoMemory();
     }
-    /* the copy: plain C, nothing here lets the loop thread in */
-    for (long long i = 0; i < kept; i++) {
-        long long seq = first + start + i;
-        w.copy[i].seq = seq;
-        w.copy[i].s = *slot_of(m, seq);
-    }
-    m->next_seq = first + n;
+    range_copy(m, w.copy, first + start, kept, first + n);
     w.hi = first + start + window;
     if (release) {
         Py_BEGIN_ALLOW_THREADS

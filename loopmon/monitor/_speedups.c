@@ -1253,6 +1253,34 @@ drain_impl(CoreObject *m, PyObject *const *args, Py_ssize_t nargs, int notable_o
     return build_list(m, copy, kept);
 }
 
+/* A ranged drain (drain_range, drain_window): take up to max_items queued events like
+   drain() (take_count), of which positions *start..stop-1, clamped, are read.  Returns how
+   many to read; *n is how many are taken, *first the seq of the first taken. */
+static long long
+range_take(CoreObject *m, long long max_items, long long *start, long long stop,
+           long long *n, long long *first)
+{
+    *n = take_count(m, max_items);
+    *first = m->next_seq;
+    if (*start < 0)
+        *start = 0;
+    if (stop > *n)
+        stop = *n;
+    return stop > *start ? stop - *start : 0;
+}
+
+/* copy `kept` slots from seq `from` on into `dst` (plain C: nothing here lets the loop
+   thread in), then consume the taken events up to seq `end` */
+static void
+range_copy(CoreObject *m, Taken *dst, long long from, long long kept, long long end)
+{
+    for (long long i = 0; i < kept; i++) {
+        dst[i].seq = from + i;
+        dst[i].s = *slot_of(m, from + i);
+    }
+    m->next_seq = end;
+}
+
 /* drain_range(start, stop, max_items=2**30) -> (first_seq, tuples): take up to max_items
    queued events like drain(), build only those at positions start..stop-1 of what was taken
    and read no other slot (a sampler's window; drain_range(0, 0) consumes without reading) */
@@ -1267,22 +1295,11 @@ core_drain_range(CoreObject *m, PyObject *const *args, Py_ssize_t nargs)
     if (as_ll(args[0], &start) || as_ll(args[1], &stop)
         || parse_max_items(args, nargs, 2, &max_items))
         return NULL;
-    long long n = take_count(m, max_items);
-    long long first = m->next_seq;
-    if (start < 0)
-        start = 0;
-    if (stop > n)
-        stop = n;
-    long long kept = stop > start ? stop - start : 0;
+    long long n, first, kept = range_take(m, max_items, &start, stop, &n, &first);
     Taken *copy = PyMem_Malloc((size_t)(kept ? kept : 1) * sizeof(Taken));
     if (copy == NULL)
         return PyErr_NoMemory();
-    for (long long i = 0; i < kept; i++) {
-        long long seq = first + start + i;
-        copy[i].seq = seq;
-        copy[i].s = *slot_of(m, seq);
-    }
-    m->next_seq = first + n;
+    range_copy(m, copy, first + start, kept, first + n);
     PyObject *out = build_list(m, copy, kept);
     return out == NULL ? NULL : Py_BuildValue("(LN)", first, out);
 }
