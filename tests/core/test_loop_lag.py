@@ -22,6 +22,18 @@ def _run(loop, coro_fn):
         loop.close()
 
 
+def _run_seeing_timer(loop, body):
+    """Run ``body(loop)`` on ``loop`` (then close it): (the lag timer's type, the lags)."""
+    seen = {}
+
+    async def main(loop):
+        seen["timer"] = type(loop._lag_timer)
+        await body(loop)
+
+    _run(loop, main)
+    return seen["timer"], [lag for _, lag in loop.monitor.lag_samples()]
+
+
 async def _block_then_idle(loop):
     await asyncio.sleep(0.2)
     time.sleep(0.3)                     # the loop is blocked: expiries pass unread
@@ -31,15 +43,8 @@ async def _block_then_idle(loop):
 @pytest.mark.skipif(not HAS_TIMERFD, reason="no timerfd on this platform")
 def test_timerfd_lag_sees_a_blocked_loop_once():
     loop = loopmon.new_event_loop()     # lag_interval 0.05 s
-    seen = {}
-
-    async def main(loop):
-        seen["timer"] = type(loop._lag_timer)
-        await _block_then_idle(loop)
-
-    _run(loop, main)
-    assert seen["timer"] is loop_lag.TimerfdLag
-    lags = [lag for _, lag in loop.monitor.lag_samples()]
+    timer, lags = _run_seeing_timer(loop, _block_then_idle)
+    assert timer is loop_lag.TimerfdLag
     big = [lag for lag in lags if lag >= 0.2]
     # the block missed ~6 expiries of 50 ms; they are read at once and make one sample
     # measured from the earliest (~0.25-0.3 s late), not six
@@ -65,7 +70,7 @@ def test_timerfd_is_closed_and_unwatched_when_the_loop_stops():
         assert loop._lag_timer is None
         assert not loop._proactor.has_handles(fd)
         with pytest.raises(OSError):
-            os.fstat(fd)                # closed (unless reused: then it is not a timerfd)
+            os.fstat(fd)                # closed (nothing in this test opens an fd meanwhile)
         n = len(loop.monitor.lag_samples())
         time.sleep(0.15)                # stopped: nothing fires, nothing is recorded
         assert len(loop.monitor.lag_samples()) == n
@@ -77,16 +82,8 @@ def test_timerfd_is_closed_and_unwatched_when_the_loop_stops():
 
 def test_heap_timer_fallback_measures_the_same(monkeypatch):
     monkeypatch.setattr(loop_lag, "_open_periodic", None)
-    loop = loopmon.new_event_loop()
-    seen = {}
-
-    async def main(loop):
-        seen["timer"] = type(loop._lag_timer)
-        await _block_then_idle(loop)
-
-    _run(loop, main)
-    assert seen["timer"] is loop_lag.HeapTimerLag
-    lags = [lag for _, lag in loop.monitor.lag_samples()]
+    timer, lags = _run_seeing_timer(loopmon.new_event_loop(), _block_then_idle)
+    assert timer is loop_lag.HeapTimerLag
     assert [lag for lag in lags if lag >= 0.2], lags
 
 
@@ -96,16 +93,10 @@ def test_a_failing_timerfd_falls_back_and_is_counted(monkeypatch):
         raise OSError(24, "Too many open files")
     monkeypatch.setattr(loop_lag, "_open_periodic", no_fds)
     loop = loopmon.new_event_loop()
-    seen = {}
-
-    async def main(loop):
-        seen["timer"] = type(loop._lag_timer)
-        await asyncio.sleep(0.12)
-
-    _run(loop, main)
-    assert seen["timer"] is loop_lag.HeapTimerLag
+    timer, lags = _run_seeing_timer(loop, lambda loop: asyncio.sleep(0.12))
+    assert timer is loop_lag.HeapTimerLag
     assert loop.monitor.instrumentation_errors == 1
-    assert loop.monitor.lag_samples()
+    assert lags
 
 
 def test_bare_loop_arms_no_lag_timer():
