@@ -68,8 +68,9 @@ def _libc_timerfd() -> Optional[Any]:
     settime.restype = ctypes.c_int
 
     def split(seconds: float) -> Timespec:
-        sec = int(seconds)
-        return Timespec(sec, int(round((seconds - sec) * 1e9)))
+        # via whole nanoseconds: rounding the fraction alone can give tv_nsec == 10**9 (EINVAL)
+        sec, nsec = divmod(int(round(seconds * 1e9)), 1_000_000_000)
+        return Timespec(sec, nsec)
 
     def open_periodic(first: float, interval: float) -> int:
         fd = create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
